@@ -1,0 +1,274 @@
+"""``extract_emotions``: stream a stimulus corpus through the model and build a registry.
+
+Pass 1 streams the training texts (and the neutral dialogues) once, with hooks only at the
+requested sites and the forward pass stopped after the deepest one; each hook reduces its batch
+to per-text means and adds them into float64 sums (``ClassMeanAccumulator``). Pass 2 streams
+the validation texts and scores each against the new directions (argmax over emotions of the
+projection of the text's mean activation), so validation accuracy per layer is measured on
+held-out text without keeping activations around.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Float
+
+from emolens.errors import ExtractionError, InputError
+from emolens.extraction.accumulator import ClassMeanAccumulator, MomentAccumulator, masked_means
+from emolens.extraction.methods import ExtractionData, ExtractionMethod, get_method
+from emolens.extraction.positions import position_mask, validate_policy
+from emolens.registry import EmotionRegistry
+from emolens.sites import Site, resolve_sites
+from emolens.tokens import TextInput, TokenizedBatch, to_inputs
+
+
+@dataclass
+class LabelledTexts:
+    """Texts with integer class labels (what the streaming passes consume)."""
+
+    texts: list[TextInput]
+    labels: list[int]
+
+
+def _batches(items: LabelledTexts, batch_size: int) -> Iterator[tuple[list[TextInput], torch.Tensor]]:
+    """Length-sorted batches (less padding); accumulation is a sum, so order does not matter."""
+    order = sorted(range(len(items.texts)), key=lambda i: -len(str(items.texts[i])))
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        yield [items.texts[i] for i in idx], torch.tensor([items.labels[i] for i in idx])
+
+
+def stream_sites(model: Any, texts: Sequence[TextInput], sites: Sequence[Site],
+                 on_batch: Callable[[int, Float[torch.Tensor, "batch pos d_model"], TokenizedBatch], None],
+                 *, padding_side: str = "right") -> None:
+    """Run ``texts`` (one batch) with hooks at ``sites`` only, stopping after the deepest.
+
+    ``on_batch(site_index, activation, batch)`` is called once per site; nothing is kept.
+    Raises ``ExtractionError`` naming the site when an activation is NaN or infinite.
+    """
+    batch = to_inputs(model, list(texts), padding_side=padding_side)
+    device = next(iter(model.parameters())).device if hasattr(model, "parameters") else None
+    tokens = batch.tokens if device is None else batch.tokens.to(device)
+    kwargs = {k: (v.to(device) if device is not None else v) for k, v in batch.forward_kwargs().items()}
+
+    def make_hook(i: int, site: Site) -> Callable[..., None]:
+        def hook(act: torch.Tensor, *, hook: Any) -> None:
+            if not torch.isfinite(act).all():
+                raise ExtractionError(
+                    f"non-finite activations (NaN or inf) at site {site.name!r} for texts "
+                    f"{[str(t)[:40] for t in texts][:3]}...; check the model's dtype and inputs")
+            on_batch(i, act.detach().float().cpu(), batch)
+        return hook
+
+    hooks = [(s.name, make_hook(i, s)) for i, s in enumerate(sites)]
+    stop = max(s.layer for s in sites) + 1
+    with torch.inference_mode():
+        model.run_with_hooks(tokens, fwd_hooks=hooks, return_type=None, stop_at_layer=stop,
+                             **kwargs)
+
+
+def _progress(total: int, desc: str, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, unit="text", leave=False)
+
+
+def _from_corpus(corpus: Any, emotions: Sequence[str] | None
+                 ) -> tuple[list[str], LabelledTexts, LabelledTexts, list[TextInput], dict[str, Any]]:
+    """Split a Corpus (or a mapping emotion -> texts) into train/validation/neutral."""
+    if isinstance(corpus, Mapping):
+        names = list(emotions or corpus.keys())
+        train = LabelledTexts([], [])
+        for c, e in enumerate(names):
+            if e not in corpus:
+                raise InputError(f"emotion {e!r} is not in the given texts {sorted(corpus)}")
+            train.texts += list(corpus[e])
+            train.labels += [c] * len(corpus[e])
+        return names, train, LabelledTexts([], []), [], {"name": "user-texts", "content_hash": None}
+    names = list(emotions or corpus.emotions)
+    unknown = [e for e in names if e not in corpus.emotions]
+    if unknown:
+        from emolens.errors import unknown_name_message
+
+        raise InputError(unknown_name_message("emotion", unknown[0], corpus.emotions))
+    train, val = LabelledTexts([], []), LabelledTexts([], [])
+    counts = {}
+    for c, e in enumerate(names):
+        tr = [r.text for r in corpus.stories(e, split="train")]
+        va = [r.text for r in corpus.stories(e, split="validation")]
+        train.texts += tr
+        train.labels += [c] * len(tr)
+        val.texts += va
+        val.labels += [c] * len(va)
+        counts[e] = {"train": len(tr), "validation": len(va)}
+    neutral = [list(r.messages) for r in corpus.neutral]
+    info = {"name": corpus.name, "version": getattr(corpus, "version", None),
+            "content_hash": corpus.content_hash, "texts": counts, "neutral_dialogues": len(neutral)}
+    return names, train, val, neutral, info
+
+
+def extract_emotions(model: Any, corpus: Any = None, *, layers: Any = None,
+                     method: str | ExtractionMethod = "mean_diff", positions: str = "content",
+                     batch_size: int = 16, emotions: Sequence[str] | None = None,
+                     neutral: Sequence[TextInput] | None = None, validate: bool = True,
+                     default_layer: int | None = None, shuffle_labels: int | None = None,
+                     family: str = "emotion", name: str | None = None, progress: bool = True,
+                     padding_side: str = "right", **method_params: Any) -> EmotionRegistry:
+    """Build an ``EmotionRegistry`` from stimulus text, streaming.
+
+    Args:
+        model: a TransformerLens model (``TransformerBridge`` or anything with its surface).
+        corpus: a ``Corpus`` (default: ``emolens.load_corpus()``) or a mapping
+            ``emotion -> list of texts`` (then every text is training data and there is no
+            validation unless the corpus has splits).
+        layers: layer numbers / hook names (``None``: every layer's ``hook_resid_post``).
+        method: ``"mean_diff"`` (default, the study's recipe), ``"pca_pairs"``, ``"probe"``, a
+            registered plug-in name, or an ``ExtractionMethod`` instance.
+        positions: position policy (see ``emolens.extraction.positions``); default
+            ``"content"``: every real token but the first (attention sink).
+        emotions: restrict to these emotions (default: all in the corpus).
+        neutral: neutral texts/dialogues for denoising (default: the corpus's neutral dialogues).
+        validate: measure held-out accuracy per layer on the corpus's validation split.
+        default_layer: fix the registry's default layer (default: best validation accuracy).
+        shuffle_labels: a seed to permute training labels (the shuffled-label control).
+        method_params: passed to the method's factory (e.g. ``neutral_variance=0.5``).
+
+    Returns an ``EmotionRegistry`` whose metadata records the model's provenance, sites,
+    method and parameters, position policy, corpus name and content hash, validation figures,
+    and the mean residual norm at each site (the steering unit).
+    """
+    t0 = time.perf_counter()
+    policy = validate_policy(positions)
+    if batch_size < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size!r}")
+    if corpus is None:
+        from emolens.stimuli import load_corpus
+
+        corpus = load_corpus()
+    names, train, val, corpus_neutral, corpus_info = _from_corpus(corpus, emotions)
+    if len(names) < 2:
+        raise InputError(f"need at least 2 emotions to contrast, got {names}")
+    if not train.texts:
+        raise InputError("no training texts were found for the requested emotions")
+    if shuffle_labels is not None:
+        g = torch.Generator().manual_seed(int(shuffle_labels))
+        perm = torch.randperm(len(train.labels), generator=g).tolist()
+        train = LabelledTexts(train.texts, [train.labels[i] for i in perm])
+    neutral_texts = list(corpus_neutral if neutral is None else neutral)
+    algo = get_method(method, **method_params)
+    sites = resolve_sites(model, layers)
+    d_model = int(model.cfg.d_model)
+    acc = ClassMeanAccumulator(len(sites), len(names), d_model)
+    moments = MomentAccumulator(len(sites), d_model) if neutral_texts else None
+    features: torch.Tensor | None = None
+    feat_labels: list[int] = []
+    feat_rows: list[torch.Tensor] = []
+
+    # ---- pass 1: training texts and neutral dialogues
+    bar = _progress(len(train.texts) + len(neutral_texts), "extract", progress)
+    for texts, labels in _batches(train, batch_size):
+        per_site: list[torch.Tensor] = [torch.empty(0)] * len(sites)
+
+        def on_train(i: int, act: torch.Tensor, batch: TokenizedBatch,
+                     labels: torch.Tensor = labels, per_site: list[torch.Tensor] = per_site) -> None:
+            mask = position_mask(batch, policy)
+            per_site[i] = acc.add(i, act, mask, labels, count_texts=(i == 0))
+
+        stream_sites(model, texts, sites, on_train, padding_side=padding_side)
+        if algo.needs_features:
+            feat_rows.append(torch.stack(per_site, 1))
+            feat_labels += labels.tolist()
+        bar.update(len(texts))
+    if neutral_texts and moments is not None:
+        for start in range(0, len(neutral_texts), batch_size):
+            chunk = neutral_texts[start:start + batch_size]
+
+            def on_neutral(i: int, act: torch.Tensor, batch: TokenizedBatch) -> None:
+                moments.add(i, act, position_mask(batch, "content"))
+
+            stream_sites(model, chunk, sites, on_neutral, padding_side=padding_side)
+            bar.update(len(chunk))
+    bar.close()
+    if algo.needs_features:
+        features = torch.cat(feat_rows, 0)
+    data = ExtractionData(sites, names, acc.class_means(), acc.counts,
+                          moments.covariance() if moments is not None else None,
+                          features, torch.tensor(feat_labels) if features is not None else None)
+    dirs = algo.fit(data)
+    if not torch.isfinite(dirs).all():
+        raise ExtractionError(f"method {algo.name!r} produced non-finite directions")
+    unit = dirs / dirs.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+    center = data.class_means.mean(1).float()  # [site, d_model]: the mean over emotions
+
+    # ---- pass 2: held-out accuracy per layer
+    validation: dict[str, Any] = {}
+    if validate and val.texts:
+        validation = _validate(model, unit, center, sites, names, val, policy, batch_size,
+                               progress, padding_side)
+    chosen_by = "caller"
+    if default_layer is None:
+        if validation:
+            accs = validation["accuracy_by_layer"]
+            default_layer = int(max(accs, key=lambda k: (accs[k], -int(k))))
+            chosen_by = "best validation accuracy"
+        else:
+            default_layer = sites[min(len(sites) - 1, (2 * len(sites)) // 3)].layer
+            chosen_by = "two-thirds depth (no validation data)"
+
+    from emolens.models.provenance import model_provenance
+
+    metadata = {
+        "model": model_provenance(model).to_dict(),
+        "n_layers": int(model.cfg.n_layers),
+        "method": {"name": algo.name, **algo.params()},
+        "positions": policy,
+        "corpus": corpus_info,
+        "neutral": {"texts": len(neutral_texts),
+                    "tokens": moments.count.tolist() if moments is not None else []},
+        "validation": validation,
+        "default_layer_chosen_by": chosen_by,
+        "shuffled_labels_seed": shuffle_labels,
+        "batch_size": batch_size,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    metadata["model"]["n_layers"] = int(model.cfg.n_layers)
+    return EmotionRegistry(unit, names, sites, acc.mean_norm().float(), metadata=metadata,
+                           default_layer=default_layer, family=family,
+                           name=name or f"{family}s-{algo.name}", center=center)
+
+
+def _validate(model: Any, unit: torch.Tensor, center: torch.Tensor, sites: list[Site],
+              names: list[str],
+              val: LabelledTexts, policy: str, batch_size: int, progress: bool,
+              padding_side: str) -> dict[str, Any]:
+    n_cls = len(names)
+    confusion = torch.zeros(len(sites), n_cls, n_cls, dtype=torch.long)
+    bar = _progress(len(val.texts), "validate", progress)
+    for texts, labels in _batches(val, batch_size):
+        def on_val(i: int, act: torch.Tensor, batch: TokenizedBatch,
+                   labels: torch.Tensor = labels) -> None:
+            means, keep = masked_means(act, position_mask(batch, policy))
+            pred = ((means[keep] - center[i]) @ unit[i].T).argmax(-1)
+            confusion[i].index_put_((labels[keep], pred), torch.ones(len(pred), dtype=torch.long),
+                                    accumulate=True)
+
+        stream_sites(model, texts, sites, on_val, padding_side=padding_side)
+        bar.update(len(texts))
+    bar.close()
+    correct = confusion.diagonal(dim1=1, dim2=2).sum(-1).double()
+    total = confusion.sum((1, 2)).double().clamp(min=1)
+    accs = {str(s.layer): round(float(correct[i] / total[i]), 4) for i, s in enumerate(sites)}
+    best = max(range(len(sites)), key=lambda i: (float(correct[i] / total[i]), -i))
+    return {
+        "accuracy_by_layer": accs,
+        "chance": 1.0 / n_cls,
+        "n_texts": int(total[0]),
+        "rule": "argmax over emotions of the centred projection (x - center) . v of each "
+                "held-out text's mean activation x",
+        "confusion_best_layer": confusion[best].tolist(),
+        "best_layer": sites[best].layer,
+    }
