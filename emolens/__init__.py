@@ -25,8 +25,26 @@ _LAZY: dict[str, str] = {
     "Site": "emolens.sites",
     "to_inputs": "emolens.tokens",
     "TokenizedBatch": "emolens.tokens",
+    "EmotionRegistry": "emolens.registry",
+    "extract_emotions": "emolens.extraction",
+    "register_method": "emolens.extraction",
+    "read_emotions": "emolens.readout",
+    "Readout": "emolens.readout",
+    "load_corpus": "emolens.stimuli",
+    "Corpus": "emolens.stimuli",
+    "load_affect_ratings": "emolens.stimuli",
+    "generate_stories": "emolens.stimuli",
+    "emotion_pca": "emolens.geometry",
+    "affect_correlation": "emolens.geometry",
+    "emotion_clusters": "emolens.geometry",
+    "cosine_matrix": "emolens.geometry",
+    "cross_layer_similarity": "emolens.geometry",
+    "render_tokens": "emolens.views",
+    "render_layers": "emolens.views",
+    "Report": "emolens.views",
 }
-_LAZY_MODULES = ("testing", "errors", "sites", "tokens", "models", "compat", "io")
+_LAZY_MODULES = ("testing", "errors", "sites", "tokens", "models", "compat", "io", "geometry",
+                 "extraction", "readout", "stimuli", "views", "pipeline", "registry")
 
 __all__ = ["EmolensError", "__version__", *sorted(_LAZY)]
 
@@ -47,6 +65,14 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
+    from emolens.extraction import extract_emotions, register_method
+    from emolens.geometry import (
+        affect_correlation,
+        cosine_matrix,
+        cross_layer_similarity,
+        emotion_clusters,
+        emotion_pca,
+    )
     from emolens.models import (
         DEFAULT_MODEL_ID,
         ModelProvenance,
@@ -54,5 +80,9 @@ if TYPE_CHECKING:  # pragma: no cover
         model_provenance,
         provision_default_model,
     )
+    from emolens.readout import Readout, read_emotions
+    from emolens.registry import EmotionRegistry
     from emolens.sites import Site, resolve_site, resolve_sites
+    from emolens.stimuli import Corpus, generate_stories, load_affect_ratings, load_corpus
     from emolens.tokens import TokenizedBatch, to_inputs
+    from emolens.views import Report, render_layers, render_tokens

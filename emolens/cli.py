@@ -85,6 +85,9 @@ def _add_provision(p: argparse.ArgumentParser) -> None:
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("versions, cache state, the default model and one chat reply", "emolens.cli:info"),
     "provision": ("convert the default model's GGUF into the verified cache", "emolens.cli:provision"),
+    "corpus": ("the bundled stimulus corpus: statistics", "emolens.stimuli.cli:"),
+    "run": ("the main job: extract, validate, read, steer, test; writes a report",
+            "emolens.pipeline.cli:"),
 }
 _LOCAL: dict[str, tuple[Callable[[argparse.ArgumentParser], None],
                         Callable[[argparse.Namespace], int]]] = {

@@ -22,7 +22,7 @@ import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -37,7 +37,7 @@ from emolens.sites import Site
 
 FORMAT_VERSION = 1
 META_FILE = "registry.json"
-EmotionSpec = Union[str, Mapping[str, Union[int, float]]]
+EmotionSpec = str | Mapping[str, int | float]
 
 
 def _emolens_version() -> str:
@@ -246,7 +246,7 @@ class EmotionRegistry:
         emos = [mapping.get(e, e) for e in self._emotions]
         return self._replace(self._dirs, emos, op="rename", mapping=dict(mapping))
 
-    def with_combination(self, name: str, weights: Mapping[str, Union[int, float]]) -> EmotionRegistry:
+    def with_combination(self, name: str, weights: Mapping[str, int | float]) -> EmotionRegistry:
         """A registry with one more direction: the weighted combination of existing ones at
         every site (e.g. ``with_combination("calm_minus_desperate", {"calm": 1, "desperate": -1})``)."""
         if name in self._emotions:

@@ -81,7 +81,8 @@ def tiny_model(*, arch: str = "native", n_layers: int = 4, d_model: int = 64, n_
                    d_mlp=d_mlp, d_vocab=len(tok), n_ctx=n_ctx, act_fn="silu",
                    normalization_type="RMS", positional_embedding_type="rotary", seed=seed,
                    gated_mlp=True)
-        model = TransformerBridge.boot_native(cfg, tokenizer=tok, model_name=f"emolens-tiny-native-{seed}")
+        boot_native = TransformerBridge.boot_native  # type: ignore[attr-defined]
+        model = boot_native(cfg, tokenizer=tok, model_name=f"emolens-tiny-native-{seed}")
     elif arch == "llama":
         from transformers import LlamaConfig, LlamaForCausalLM
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import torch
 from jaxtyping import Bool, Int
@@ -22,7 +22,7 @@ from emolens.errors import InputError
 
 Message = dict[str, str]
 Conversation = list[Message]
-TextInput = Union[str, Conversation]
+TextInput = str | Conversation
 
 
 @dataclass

@@ -34,12 +34,15 @@ class LabelledTexts:
     labels: list[int]
 
 
-def _batches(items: LabelledTexts, batch_size: int) -> Iterator[tuple[list[TextInput], torch.Tensor]]:
-    """Length-sorted batches (less padding); accumulation is a sum, so order does not matter."""
+def _batches(items: LabelledTexts, batch_size: int
+             ) -> Iterator[tuple[list[TextInput], torch.Tensor, torch.Tensor]]:
+    """Length-sorted batches (less padding); accumulation is a sum, so order does not matter.
+    Yields texts, labels and the texts' indices."""
     order = sorted(range(len(items.texts)), key=lambda i: -len(str(items.texts[i])))
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        yield [items.texts[i] for i in idx], torch.tensor([items.labels[i] for i in idx])
+        yield ([items.texts[i] for i in idx], torch.tensor([items.labels[i] for i in idx]),
+               torch.tensor(idx))
 
 
 def stream_sites(model: Any, texts: Sequence[TextInput], sites: Sequence[Site],
@@ -81,7 +84,7 @@ def _from_corpus(corpus: Any, emotions: Sequence[str] | None
                  ) -> tuple[list[str], LabelledTexts, LabelledTexts, list[TextInput], dict[str, Any]]:
     """Split a Corpus (or a mapping emotion -> texts) into train/validation/neutral."""
     if isinstance(corpus, Mapping):
-        names = list(emotions or corpus.keys())
+        names: list[str] = list(emotions or corpus.keys())
         train = LabelledTexts([], [])
         for c, e in enumerate(names):
             if e not in corpus:
@@ -105,7 +108,7 @@ def _from_corpus(corpus: Any, emotions: Sequence[str] | None
         val.texts += va
         val.labels += [c] * len(va)
         counts[e] = {"train": len(tr), "validation": len(va)}
-    neutral = [list(r.messages) for r in corpus.neutral]
+    neutral: list[TextInput] = [list(r.messages) for r in corpus.neutral]
     info = {"name": corpus.name, "version": getattr(corpus, "version", None),
             "content_hash": corpus.content_hash, "texts": counts, "neutral_dialogues": len(neutral)}
     return names, train, val, neutral, info
@@ -116,6 +119,7 @@ def extract_emotions(model: Any, corpus: Any = None, *, layers: Any = None,
                      batch_size: int = 16, emotions: Sequence[str] | None = None,
                      neutral: Sequence[TextInput] | None = None, validate: bool = True,
                      default_layer: int | None = None, shuffle_labels: int | None = None,
+                     shuffled_control: bool = True,
                      family: str = "emotion", name: str | None = None, progress: bool = True,
                      padding_side: str = "right", **method_params: Any) -> EmotionRegistry:
     """Build an ``EmotionRegistry`` from stimulus text, streaming.
@@ -134,7 +138,10 @@ def extract_emotions(model: Any, corpus: Any = None, *, layers: Any = None,
         neutral: neutral texts/dialogues for denoising (default: the corpus's neutral dialogues).
         validate: measure held-out accuracy per layer on the corpus's validation split.
         default_layer: fix the registry's default layer (default: best validation accuracy).
-        shuffle_labels: a seed to permute training labels (the shuffled-label control).
+        shuffle_labels: a seed to permute training labels (build a control registry).
+        shuffled_control: also fit directions on training labels permuted with seed 0 in the
+            same passes (no extra forward) and report their held-out accuracy per layer beside
+            the real one (``validation["shuffled_accuracy_by_layer"]``): it must sit at chance.
         method_params: passed to the method's factory (e.g. ``neutral_variance=0.5``).
 
     Returns an ``EmotionRegistry`` whose metadata records the model's provenance, sites,
@@ -163,25 +170,35 @@ def extract_emotions(model: Any, corpus: Any = None, *, layers: Any = None,
     sites = resolve_sites(model, layers)
     d_model = int(model.cfg.d_model)
     acc = ClassMeanAccumulator(len(sites), len(names), d_model)
+    control = None
+    if shuffled_control and validate and val.texts:
+        control = ClassMeanAccumulator(len(sites), len(names), d_model)
+        order = torch.randperm(len(train.labels), generator=torch.Generator().manual_seed(0))
+        shuffled: torch.Tensor = torch.tensor(train.labels)[order]
     moments = MomentAccumulator(len(sites), d_model) if neutral_texts else None
     features: torch.Tensor | None = None
     feat_labels: list[int] = []
+    feat_index: list[int] = []
     feat_rows: list[torch.Tensor] = []
 
     # ---- pass 1: training texts and neutral dialogues
     bar = _progress(len(train.texts) + len(neutral_texts), "extract", progress)
-    for texts, labels in _batches(train, batch_size):
+    for texts, labels, idx in _batches(train, batch_size):
         per_site: list[torch.Tensor] = [torch.empty(0)] * len(sites)
 
         def on_train(i: int, act: torch.Tensor, batch: TokenizedBatch,
-                     labels: torch.Tensor = labels, per_site: list[torch.Tensor] = per_site) -> None:
+                     labels: torch.Tensor = labels, per_site: list[torch.Tensor] = per_site,
+                     idx: torch.Tensor = idx) -> None:
             mask = position_mask(batch, policy)
             per_site[i] = acc.add(i, act, mask, labels, count_texts=(i == 0))
+            if control is not None:
+                control.add(i, act, mask, shuffled[idx], count_texts=(i == 0))
 
         stream_sites(model, texts, sites, on_train, padding_side=padding_side)
         if algo.needs_features:
             feat_rows.append(torch.stack(per_site, 1))
             feat_labels += labels.tolist()
+            feat_index += idx.tolist()
         bar.update(len(texts))
     if neutral_texts and moments is not None:
         for start in range(0, len(neutral_texts), batch_size):
@@ -203,12 +220,23 @@ def extract_emotions(model: Any, corpus: Any = None, *, layers: Any = None,
         raise ExtractionError(f"method {algo.name!r} produced non-finite directions")
     unit = dirs / dirs.norm(dim=-1, keepdim=True).clamp(min=1e-12)
     center = data.class_means.mean(1).float()  # [site, d_model]: the mean over emotions
+    controls = None
+    if control is not None:
+        cdata = ExtractionData(sites, names, control.class_means(), control.counts,
+                               data.neutral_cov, features,
+                               shuffled[torch.tensor(feat_index)] if features is not None else None)
+        cdirs = get_method(method, **method_params).fit(cdata) if isinstance(method, str) \
+            else algo.fit(cdata)
+        controls = (cdirs / cdirs.norm(dim=-1, keepdim=True).clamp(min=1e-12),
+                    cdata.class_means.mean(1).float())
+        if not isinstance(method, str):
+            algo.fit(data)  # refit: the caller's instance keeps state (params) of its last fit
 
     # ---- pass 2: held-out accuracy per layer
     validation: dict[str, Any] = {}
     if validate and val.texts:
         validation = _validate(model, unit, center, sites, names, val, policy, batch_size,
-                               progress, padding_side)
+                               progress, padding_side, controls)
     chosen_by = "caller"
     if default_layer is None:
         if validation:
@@ -221,7 +249,7 @@ def extract_emotions(model: Any, corpus: Any = None, *, layers: Any = None,
 
     from emolens.models.provenance import model_provenance
 
-    metadata = {
+    metadata: dict[str, Any] = {
         "model": model_provenance(model).to_dict(),
         "n_layers": int(model.cfg.n_layers),
         "method": {"name": algo.name, **algo.params()},
@@ -242,19 +270,23 @@ def extract_emotions(model: Any, corpus: Any = None, *, layers: Any = None,
 
 
 def _validate(model: Any, unit: torch.Tensor, center: torch.Tensor, sites: list[Site],
-              names: list[str],
-              val: LabelledTexts, policy: str, batch_size: int, progress: bool,
-              padding_side: str) -> dict[str, Any]:
+              names: list[str], val: LabelledTexts, policy: str, batch_size: int,
+              progress: bool, padding_side: str,
+              controls: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, Any]:
     n_cls = len(names)
     confusion = torch.zeros(len(sites), n_cls, n_cls, dtype=torch.long)
+    control_correct = torch.zeros(len(sites), dtype=torch.long)
     bar = _progress(len(val.texts), "validate", progress)
-    for texts, labels in _batches(val, batch_size):
+    for texts, labels, _ in _batches(val, batch_size):
         def on_val(i: int, act: torch.Tensor, batch: TokenizedBatch,
                    labels: torch.Tensor = labels) -> None:
             means, keep = masked_means(act, position_mask(batch, policy))
             pred = ((means[keep] - center[i]) @ unit[i].T).argmax(-1)
             confusion[i].index_put_((labels[keep], pred), torch.ones(len(pred), dtype=torch.long),
                                     accumulate=True)
+            if controls is not None:
+                cpred = ((means[keep] - controls[1][i]) @ controls[0][i].T).argmax(-1)
+                control_correct[i] += int((cpred == labels[keep]).sum())
 
         stream_sites(model, texts, sites, on_val, padding_side=padding_side)
         bar.update(len(texts))
@@ -263,7 +295,14 @@ def _validate(model: Any, unit: torch.Tensor, center: torch.Tensor, sites: list[
     total = confusion.sum((1, 2)).double().clamp(min=1)
     accs = {str(s.layer): round(float(correct[i] / total[i]), 4) for i, s in enumerate(sites)}
     best = max(range(len(sites)), key=lambda i: (float(correct[i] / total[i]), -i))
+    extra: dict[str, Any] = {}
+    if controls is not None:
+        extra["shuffled_accuracy_by_layer"] = {
+            str(s.layer): round(float(control_correct[i] / total[i]), 4)
+            for i, s in enumerate(sites)}
+        extra["shuffled_seed"] = 0
     return {
+        **extra,
         "accuracy_by_layer": accs,
         "chance": 1.0 / n_cls,
         "n_texts": int(total[0]),

@@ -201,8 +201,12 @@ def test_validation_accuracy_and_shuffled_control(tiny):
     assert reg.default_layer == val["best_layer"]
     assert val["accuracy_by_layer"][str(reg.default_layer)] == best
     assert reg.metadata["corpus"]["texts"]["sunny"] == {"train": 3, "validation": 1}
-    shuffled = extract_emotions(tiny, Small(), layers=[0], progress=False, shuffle_labels=0)
+    assert set(val["shuffled_accuracy_by_layer"]) == {"0", "1"}
+    shuffled = extract_emotions(tiny, Small(), layers=[0, 1], progress=False, shuffle_labels=0,
+                                shuffled_control=False)
     assert shuffled.metadata["shuffled_labels_seed"] == 0
+    # the in-pass control is exactly a registry extracted with permuted labels (seed 0)
+    assert shuffled.validation["accuracy_by_layer"] == val["shuffled_accuracy_by_layer"]
 
 
 def test_non_finite_activations_name_the_site(tiny):

@@ -1,0 +1,359 @@
+"""``emolens run``: the study's checks end to end on one model, into one folder.
+
+Writes ``DIR/report.html`` (one self-contained page), ``DIR/registry/`` (the directions) and
+``DIR/results.json`` (every figure in the report, machine-readable). Sections run in order and
+each adds to ``results`` under its own key; a section's failure is recorded, not hidden.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CORE_EMOTIONS = ["happy", "inspired", "loving", "proud", "calm", "desperate", "angry", "guilty",
+                 "sad", "afraid", "nervous", "surprised"]
+QUICK_EMOTIONS = ["happy", "calm", "desperate", "angry", "sad", "afraid"]
+
+
+@dataclass
+class RunConfig:
+    """Options of the main job. ``quick``: 6 emotions, every second layer, fewer extras."""
+
+    out: Path
+    model: str | None = None
+    emotions: Sequence[str] | None = None
+    quick: bool = False
+    method: str = "mean_diff"
+    positions: str = "content"
+    batch_size: int = 16
+    progress: bool = True
+    reuse_registry: bool = True
+    sections: Sequence[str] | None = None
+    seed: int = 0
+
+
+@dataclass
+class RunContext:
+    config: RunConfig
+    model: Any = None
+    corpus: Any = None
+    registry: Any = None
+    report: Any = None
+    results: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    report_figs: list[Any] = field(default_factory=list)
+
+    def log(self, msg: str) -> None:
+        if self.config.progress:
+            print(f"[emolens run] {msg}", flush=True)
+
+
+# ----------------------------------------------------------------------------- sections
+def _section_model(ctx: RunContext) -> None:
+    import emolens
+
+    ctx.model = emolens.load_model(ctx.config.model)
+    prov = emolens.model_provenance(ctx.model)
+    ctx.results["model"] = {**prov.to_dict(), "n_heads": int(ctx.model.cfg.n_heads),
+                            "n_ctx": int(ctx.model.cfg.n_ctx)}
+    note = ("The weights are the Q4_1 GGUF of SmolLM2-135M-Instruct de-quantised to float32, "
+            "not the original bf16 weights." if prov.source == "gguf" else "")
+    ctx.report.add_section("model", "Model", f"`{prov.model_id}`: {prov.n_layers} layers, "
+                           f"d_model {prov.d_model}, vocabulary {prov.d_vocab}; weights "
+                           f"{prov.weight_processing} (not folded or centred). {note}")
+
+
+def _section_corpus(ctx: RunContext) -> None:
+    from emolens.stimuli import load_corpus
+
+    corpus = load_corpus()
+    cfg = ctx.config
+    emotions = list(cfg.emotions) if cfg.emotions else (QUICK_EMOTIONS if cfg.quick
+                                                        else corpus.emotions)
+    ctx.corpus = corpus.subset(emotions) if emotions != corpus.emotions else corpus
+    summary = corpus.summary()
+    ctx.results["corpus"] = {"name": corpus.name, "version": corpus.version,
+                             "content_hash": corpus.content_hash, "used_emotions": emotions,
+                             **{k: v for k, v in summary.items()}}
+    ctx.report.add_section(
+        "corpus", "Stimulus corpus",
+        f"Bundled corpus `{corpus.name}` v{corpus.version}: {summary.get('n_stories')} stories "
+        f"over {summary.get('n_emotions')} emotions and {summary.get('n_topics')} topics, "
+        f"{summary.get('neutral')} neutral dialogues, {summary.get('scenarios')} implicit "
+        f"scenarios, {summary.get('templates')} dose-response templates. This run uses "
+        f"{len(emotions)} emotions. Each story shows its emotion without naming it; 20% of the "
+        "stories (chosen by a hash of their id) are held out for validation.",
+        limits="The stories were written for this project, in English, by its authors; the "
+               "study used about 1,200 model-written stories per emotion.")
+    ctx.report.add_table(corpus.stats().reset_index() if hasattr(corpus.stats(), "reset_index")
+                         else corpus.stats(), "Stories per emotion")
+
+
+def _registry_key(ctx: RunContext, layers: list[int]) -> str:
+    import emolens
+
+    prov = emolens.model_provenance(ctx.model)
+    key = json.dumps({"model": prov.model_id, "rev": prov.revision, "wp": prov.weight_processing,
+                      "corpus": ctx.corpus.content_hash, "emotions": ctx.corpus.emotions,
+                      "method": ctx.config.method, "positions": ctx.config.positions,
+                      "layers": layers, "emolens_registry_format": 1}, sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _section_registry(ctx: RunContext) -> None:
+    import emolens
+    from emolens.errors import RegistryError
+    from emolens.models.loading import cache_root
+    from emolens.registry import EmotionRegistry
+
+    n = int(ctx.model.cfg.n_layers)
+    layers = list(range(0, n, 2)) + ([n - 1] if (n - 1) % 2 else []) if ctx.config.quick \
+        else list(range(n))
+    cached = cache_root() / "registries" / _registry_key(ctx, layers)
+    reg = None
+    if ctx.config.reuse_registry and cached.exists():
+        try:
+            reg = EmotionRegistry.load(cached, ctx.model)
+            ctx.log(f"reusing registry {cached}")
+        except RegistryError as e:
+            ctx.log(f"cached registry unusable ({e}); extracting again")
+    if reg is None:
+        ctx.log(f"extracting {len(ctx.corpus.emotions)} emotions at {len(layers)} layers")
+        reg = emolens.extract_emotions(ctx.model, ctx.corpus, layers=layers,
+                                       method=ctx.config.method, positions=ctx.config.positions,
+                                       batch_size=ctx.config.batch_size,
+                                       progress=ctx.config.progress)
+        reg.save(cached)
+    ctx.registry = reg
+    reg.save(ctx.config.out / "registry")
+    val = reg.validation
+    layers_s = [str(x) for x in reg.layers]
+    acc = [val["accuracy_by_layer"][x] for x in layers_s]
+    shuf = [val.get("shuffled_accuracy_by_layer", {}).get(x, float("nan")) for x in layers_s]
+    ctx.results["registry"] = {"path": str(ctx.config.out / "registry"), "layers": reg.layers,
+                               "default_layer": reg.default_layer, "emotions": reg.emotions,
+                               "method": reg.metadata.get("method"),
+                               "positions": reg.metadata.get("positions"),
+                               "mean_norm": dict(zip(layers_s, reg.mean_norms.tolist())),
+                               "extraction_seconds": reg.metadata.get("seconds")}
+    ctx.results["validation"] = {**val, "default_layer": reg.default_layer,
+                                 "default_layer_accuracy": val["accuracy_by_layer"][str(reg.default_layer)],
+                                 "max_shuffled_accuracy": max(shuf) if shuf else None}
+    from emolens.views import plot_layer_accuracy
+
+    ctx.report.add_section(
+        "validation", "Do the directions carry the emotion? Held-out accuracy by layer",
+        f"Directions by the study's recipe ({reg.metadata['method']['name']}, positions "
+        f"'{reg.metadata['positions']}': every token but the attention-sink first token) from the "
+        f"training stories; each held-out story is classified by the argmax over "
+        f"{len(reg.emotions)} emotions of the centred projection of its mean activation. Chance "
+        f"is {val['chance']:.3f}. The dashed line is the same recipe with training labels "
+        f"shuffled (seed 0): it must sit at chance. Default layer: **{reg.default_layer}** "
+        f"(accuracy {val['accuracy_by_layer'][str(reg.default_layer)]:.3f}, chosen by "
+        f"{reg.metadata.get('default_layer_chosen_by')}).",
+        limits="Held-out stories come from the same authors and style as the training stories, "
+               "so this measures generalisation across stories and topics, not across writers.")
+    ctx.report.add_figure(plot_layer_accuracy(reg.layers, acc, chance=val["chance"], shuffled=shuf,
+                                              chosen=reg.default_layer),
+                          "Held-out accuracy by layer, chance, and the shuffled-label control")
+
+
+def _section_geometry(ctx: RunContext) -> None:
+    from emolens import geometry as G
+    from emolens.stimuli import load_affect_ratings
+
+    reg = ctx.registry
+    out: dict[str, Any] = {}
+    ratings_obj = load_affect_ratings()
+    ratings = {k: (v[0], v[1]) for k, v in dict(ratings_obj.ratings if hasattr(ratings_obj, "ratings")
+                                                else ratings_obj).items()}
+    orient = {"PC1": "happy"} if "happy" in reg.emotions else {}
+    pca = G.emotion_pca(reg, orient=orient) if orient else G.emotion_pca(reg)
+    out["pca"] = {"layer": reg.default_layer,
+                  "explained_variance_ratio": [round(float(x), 4) for x in pca.explained_variance_ratio[:5]]}
+    ctx.report.add_section(
+        "geometry", "Geometry: valence and arousal",
+        f"PCA of the {len(reg.emotions)} emotion vectors at layer {reg.default_layer}: PC1 "
+        f"explains {float(pca.explained_variance_ratio[0]):.1%} of their variance, PC2 "
+        f"{float(pca.explained_variance_ratio[1]):.1%} (study: 26% and 15% over 171 emotions).",
+        limits="The valence/arousal ratings are approximate values recalled from published norms "
+               "(see emolens/stimuli/data/affect_ratings.json), not the original data files. "
+               "Geometry is correlational: it does not show the model uses these directions.")
+    if len(reg.emotions) >= 5:
+        try:
+            corr = G.affect_correlation(pca, ratings, seed=ctx.config.seed)
+            out["affect_correlation"] = corr.to_dict()
+            ctx.report.add_html(corr._repr_html_(), "PC1/PC2 against valence/arousal ratings "
+                                "(Pearson r, 95% bootstrap interval over emotions)")
+        except Exception as e:  # noqa: BLE001 - too few rated emotions in a custom run
+            out["affect_correlation"] = {"error": str(e)}
+    ctx.report.add_figure(G.plot_pca(pca, ratings), "Emotion vectors on PC1 and PC2, coloured "
+                          "by valence rating")
+    k = min(10, max(2, len(reg.emotions) // 3))
+    clusters = G.emotion_clusters(reg, k=k, seed=ctx.config.seed)
+    out["clusters"] = clusters.to_dict()
+    ctx.report.add_html(clusters._repr_html_(), f"k-means clusters (k = {k}, cosine)")
+    sim = G.cross_layer_similarity(reg)
+    out["cross_layer_similarity"] = sim.to_dict()
+    ctx.report.add_figure(G.plot_cross_layer(sim), "Cross-layer stability of the emotion "
+                          "similarity structure (r between layers' cosine matrices)")
+    ll = G.logit_lens(ctx.model, reg, k=8, emotions=[e for e in CORE_EMOTIONS if e in reg.emotions]
+                      or None)
+    top = (ll[ll["rank"] < 8].groupby("emotion")["promoted"]
+           .apply(lambda s: " ".join(repr(t) for t in s)).to_dict())
+    out["logit_lens_top_promoted"] = top
+    ctx.report.add_table([{"emotion": e, "top promoted tokens": t} for e, t in top.items()],
+                         "Logit lens: tokens each direction promotes through the final norm "
+                         "and unembedding")
+    ctx.results["geometry"] = out
+
+
+def _section_scenarios(ctx: RunContext) -> None:
+    from emolens.readout import read_emotions
+    from emolens.views import diagonal_accuracy, plot_scenario_matrix, render_tokens
+
+    reg = ctx.registry
+    scen = [s for s in ctx.corpus.scenarios if s.emotion in reg.emotions] \
+        if hasattr(ctx.corpus, "scenarios") else []
+    if not scen:
+        ctx.results["scenarios"] = {"skipped": "no scenarios for these emotions"}
+        return
+    ro = read_emotions(ctx.model, reg, [list(s.messages) for s in scen],
+                       batch_size=ctx.config.batch_size)
+    at = ro.at_reply()
+    rows = sorted({s.emotion for s in scen})
+    mat = torch.stack([at[[i for i, s in enumerate(scen) if s.emotion == e]].mean(0) for e in rows])
+    acc, hits, n = diagonal_accuracy(mat.numpy(), rows, reg.emotions)
+    per_item = sum(int(reg.emotions[int(at[i].argmax())] == s.emotion) for i, s in enumerate(scen))
+    ctx.results["scenarios"] = {
+        "layer": reg.default_layer, "rows": rows, "columns": reg.emotions,
+        "matrix": [[round(float(x), 4) for x in r] for r in mat],
+        "diagonal_accuracy": acc, "diagonal_hits": hits, "n_rows": n,
+        "chance": 1 / len(reg.emotions),
+        "per_scenario_accuracy": per_item / len(scen), "n_scenarios": len(scen)}
+    ctx.report.add_section(
+        "scenarios", "Implicit scenarios: the reply-opening token",
+        f"{len(scen)} user messages that imply an emotion without naming it, read at the token "
+        f"that opens the assistant's reply (layer {reg.default_layer}). Rows: the implied "
+        f"emotion (mean over its scenarios); columns: the readout. The row's top column is its own "
+        f"emotion for {hits}/{n} emotions (chance {1 / len(reg.emotions):.3f} per row); single "
+        f"scenarios: {per_item}/{len(scen)}.",
+        limits="Few scenarios per emotion; the readout at one token is noisy on a 135M model.")
+    ctx.report.add_figure(plot_scenario_matrix(mat.numpy(), rows, reg.emotions),
+                          "Scenario emotion x readout emotion at the reply-opening token")
+    idx = list(range(min(3, len(scen))))
+    try:
+        view = render_tokens(ro, [e for e in rows[:6]], index=idx[0])
+        ctx.report.add_html(view, f"Token view of a scenario ({scen[0].emotion})")
+    except Exception as e:  # noqa: BLE001
+        ctx.results["scenarios"]["token_view_error"] = str(e)
+
+
+def _section_dose(ctx: RunContext) -> None:
+    from emolens.readout import read_emotions
+    from emolens.views import plot_dose_response
+
+    reg = ctx.registry
+    out = []
+    for t in ctx.corpus.templates:
+        expected = {e: d for e, d in t.expected.items() if e in reg.emotions}
+        if not expected:
+            continue
+        convs = [[{"role": "user", "content": p}] for p in t.prompts()]
+        ro = read_emotions(ctx.model, reg, convs, batch_size=ctx.config.batch_size)
+        at = ro.at_reply()
+        vals = [float(v) for v in t.values]
+        scores = {e: at[:, reg.emotion_index(e)].tolist() for e in expected}
+        rec = {"id": t.id, "text": t.text, "values": vals, "expected": expected, "scores": scores,
+               "spearman": {}}
+        for e, s in scores.items():
+            rec["spearman"][e] = _spearman(vals, s)
+        rec["agree"] = {e: (rec["spearman"][e] > 0) == (d == "up") for e, d in expected.items()}
+        out.append(rec)
+        ctx.report_figs.append((plot_dose_response(vals, scores, expected=expected,
+                                                   log_x=min(vals) > 0 and max(vals) / min(vals) > 50,
+                                                   title=t.id), t.text))
+    agree = [a for r in out for a in r["agree"].values()]
+    ctx.results["dose_response"] = {"templates": out, "checks": len(agree),
+                                    "agree": int(sum(agree)),
+                                    "agree_share": (sum(agree) / len(agree)) if agree else None}
+    ctx.report.add_section(
+        "dose_response", "Dose-response templates",
+        f"Templates where only a number changes (e.g. a painkiller dose), read at the reply-"
+        f"opening token. The expected direction (up/down as the number grows) holds for "
+        f"{int(sum(agree))} of {len(agree)} (template, emotion) checks (Spearman sign).",
+        limits="A handful of values per template; no interval is given for a single template.")
+    for fig, cap in ctx.report_figs:
+        ctx.report.add_figure(fig, cap)
+    ctx.report_figs.clear()
+
+
+def _spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    xr = torch.tensor(x, dtype=torch.float64).argsort().argsort().double()
+    yr = torch.tensor(y, dtype=torch.float64).argsort().argsort().double()
+    xr, yr = xr - xr.mean(), yr - yr.mean()
+    den = (xr.norm() * yr.norm()).item()
+    return float((xr @ yr).item() / den) if den else float("nan")
+
+
+SECTIONS: dict[str, Callable[[RunContext], None]] = {
+    "model": _section_model,
+    "corpus": _section_corpus,
+    "registry": _section_registry,
+    "geometry": _section_geometry,
+    "scenarios": _section_scenarios,
+    "dose_response": _section_dose,
+}
+REQUIRED = ("model", "corpus", "registry")
+
+
+def register_section(name: str, fn: Callable[[RunContext], None]) -> None:
+    """Add a section to the main job (runs after the built-in ones, in registration order)."""
+    SECTIONS[name] = fn
+
+
+def run(config: RunConfig) -> dict[str, Any]:
+    """Run the main job; returns the results dict also written to ``DIR/results.json``."""
+    from emolens.io import write_json
+    from emolens.views import Report
+
+    config.out = Path(config.out)
+    config.out.mkdir(parents=True, exist_ok=True)
+    ctx = RunContext(config)
+    ctx.report = Report("emolens: emotion directions in "
+                        f"{config.model or 'SmolLM2-135M-Instruct (default)'}",
+                        intro="Reproduces the checks of Sofroniew, Lindsey et al. (2026), "
+                              "'Emotion Concepts and their Function in a Large Language Model', "
+                              "on an open model. Each section says what its result shows and "
+                              "what it does not.")
+    t_all = time.perf_counter()
+    wanted = list(config.sections) if config.sections else list(SECTIONS)
+    errors = {}
+    for name in SECTIONS:
+        if name not in wanted and name not in REQUIRED:
+            continue
+        t0 = time.perf_counter()
+        ctx.log(f"{name} ...")
+        try:
+            SECTIONS[name](ctx)
+        except Exception as e:
+            if name in REQUIRED:
+                raise
+            errors[name] = f"{type(e).__name__}: {e}"
+            ctx.results[name] = {"error": errors[name]}
+            ctx.log(f"{name} FAILED: {errors[name]}\n{traceback.format_exc()}")
+        ctx.timings[name] = round(time.perf_counter() - t0, 2)
+    ctx.results["run"] = {"quick": config.quick, "seconds": round(time.perf_counter() - t_all, 1),
+                          "section_seconds": ctx.timings, "errors": errors,
+                          "emolens_version": __import__("emolens").__version__}
+    write_json(config.out / "results.json", ctx.results)
+    ctx.report.save(config.out / "report.html")
+    ctx.log(f"done in {ctx.results['run']['seconds']} s: {config.out / 'report.html'}")
+    return ctx.results
