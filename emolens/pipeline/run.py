@@ -171,9 +171,7 @@ def _section_geometry(ctx: RunContext) -> None:
 
     reg = ctx.registry
     out: dict[str, Any] = {}
-    ratings_obj = load_affect_ratings()
-    ratings = {k: (v[0], v[1]) for k, v in dict(ratings_obj.ratings if hasattr(ratings_obj, "ratings")
-                                                else ratings_obj).items()}
+    ratings = {k: (float(v[0]), float(v[1])) for k, v in load_affect_ratings().items()}
     orient = {"PC1": "happy"} if "happy" in reg.emotions else {}
     pca = G.emotion_pca(reg, orient=orient) if orient else G.emotion_pca(reg)
     out["pca"] = {"layer": reg.default_layer,
