@@ -103,7 +103,8 @@ def _registry_key(ctx: RunContext, layers: list[int]) -> str:
     key = json.dumps({"model": prov.model_id, "rev": prov.revision, "wp": prov.weight_processing,
                       "corpus": ctx.corpus.content_hash, "emotions": ctx.corpus.emotions,
                       "method": ctx.config.method, "positions": ctx.config.positions,
-                      "layers": layers, "emolens_registry_format": 1}, sort_keys=True)
+                      "layers": layers, "quick": ctx.config.quick,
+                      "emolens_registry_format": 1}, sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -126,9 +127,11 @@ def _section_registry(ctx: RunContext) -> None:
             ctx.log(f"cached registry unusable ({e}); extracting again")
     if reg is None:
         ctx.log(f"extracting {len(ctx.corpus.emotions)} emotions at {len(layers)} layers")
+        # --quick: 64 neutral dialogues for the denoising PCA instead of all of them
+        neutral = [list(r.messages) for r in ctx.corpus.neutral[:64]] if ctx.config.quick else None
         reg = emolens.extract_emotions(ctx.model, ctx.corpus, layers=layers,
                                        method=ctx.config.method, positions=ctx.config.positions,
-                                       batch_size=ctx.config.batch_size,
+                                       batch_size=ctx.config.batch_size, neutral=neutral,
                                        progress=ctx.config.progress)
         reg.save(cached)
     ctx.registry = reg
