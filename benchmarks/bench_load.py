@@ -8,7 +8,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import tempfile
-import time
 
 GOALS = {"load_cached_s": "< 3 s", "load_gguf_s": "(one-time conversion)"}
 
