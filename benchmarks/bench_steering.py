@@ -1,0 +1,117 @@
+"""Steering overhead: tokens/s of steered greedy generation over unsteered, same prompts.
+
+Configurations are interleaved within each repeat (plain, then each steered variant) so load on
+a shared machine hits them alike; the figure is the median over repeats of the per-repeat
+ratio. ``steer_step_overhead_pct`` puts the measured cost of one steering hook call and of the
+position tracker's pre-hook beside one decode step: a view of the overhead that load on a
+shared machine does not swamp. The direction is a random unit vector at layer 20 with the
+layer's mean residual norm measured on a few sentences (the cost does not depend on which
+direction it is).
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+GOALS = {"steer_generate_vs_plain": ">= 0.95"}
+
+PROMPTS = [
+    "Tell me about your morning.", "What is a good name for a cat?",
+    "Describe the sea in one sentence.", "How do I boil an egg?",
+    "Write a line about autumn.", "What should I pack for a trip?",
+    "Explain what a library is.", "Give me a tip for studying.",
+]
+LAYER = 20
+NEW_TOKENS = 24
+REPEATS = 5
+
+
+def run(ctx) -> dict[str, float]:
+    import torch
+
+    from emolens.steering import Steering, apply_steering, measure_mean_norm, random_direction
+    from emolens.tokens import to_inputs
+
+    model = ctx.model
+    chats = [[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}] for i in range(ctx.batch)]
+    batch = to_inputs(model, chats, padding_side="left")
+    dev = next(model.parameters()).device
+    toks, mask = batch.tokens.to(dev), batch.attention_mask.to(dev)
+    norm = measure_mean_norm(model, PROMPTS, layers=[LAYER])[LAYER]
+    vec = random_direction(int(model.cfg.d_model), seed=0)
+    variants = {
+        "steer_generate": [Steering(vec, 0.1, layer=LAYER, scale=norm)],
+        "steer_generated_positions": [Steering(vec, 0.1, layer=LAYER, scale=norm,
+                                               positions="generated")],
+        "steer_ablate_every_layer": [Steering(vec, 0.0, layers="all", op="ablate")],
+    }
+
+    def gen() -> float:
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            model.generate(toks, max_new_tokens=NEW_TOKENS, do_sample=False, verbose=False,
+                           stop_at_eos=False, use_past_kv_cache=True, attention_mask=mask)
+        return toks.shape[0] * NEW_TOKENS / (time.perf_counter() - t0)
+
+    def steered(items) -> float:
+        handle = apply_steering(model, items)
+        try:
+            return gen()
+        finally:
+            handle.remove()
+
+    gen()  # warm-up
+    ratios: dict[str, list[float]] = {k: [] for k in variants}
+    plain_rates: list[float] = []
+    rates: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(REPEATS):
+        plain = gen()
+        plain_rates.append(plain)
+        for name, items in variants.items():
+            r = steered(items)
+            rates[name].append(r)
+            ratios[name].append(r / plain)
+    out = {"plain_generate_tok_s": round(statistics.median(plain_rates), 1)}
+    for name in variants:
+        out[f"{name}_vs_plain"] = round(statistics.median(ratios[name]), 3)
+        out[f"{name}_tok_s"] = round(statistics.median(rates[name]), 1)
+    out.update(_hook_cost(model, variants["steer_generate"][0], toks.shape[0]))
+    step_s = toks.shape[0] / out["plain_generate_tok_s"]  # one decode step of the whole batch
+    out["steer_step_overhead_pct"] = round(
+        100 * (out["steer_hook_us_per_call"] + out["steer_tracker_us_per_call"]) * 1e-6 / step_s, 3)
+    return out
+
+
+def _hook_cost(model, steering, batch: int) -> dict[str, float]:
+    """Microseconds one steering hook call adds to a cached decode step ([batch, 1, d_model]),
+    beside the time of a whole decode step: a load-robust view of the overhead."""
+    import torch
+
+    from emolens.steering import apply_steering
+
+    handle = apply_steering(model, [steering])
+    try:
+        hp, lens = handle._hooks[0]
+        fn = lens.user_hook
+        x = torch.randn(batch, 1, int(model.cfg.d_model))
+        handle.tracker.current = None
+        fn(x, hook=hp)  # warm the caches
+        n = 2000
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn(x, hook=hp)
+        per_call = (time.perf_counter() - t0) / n
+        # the tracker's forward pre-hook, as on a cached decode step
+        from transformers import DynamicCache
+
+        ids = torch.zeros(batch, 1, dtype=torch.long)
+        kwargs = {"attention_mask": torch.ones(batch, 41, dtype=torch.long),
+                  "past_key_values": DynamicCache()}
+        t0 = time.perf_counter()
+        for _ in range(n):
+            handle.tracker._pre(None, (ids,), kwargs)
+        per_pre = (time.perf_counter() - t0) / n
+    finally:
+        handle.remove()
+    return {"steer_hook_us_per_call": round(per_call * 1e6, 1),
+            "steer_tracker_us_per_call": round(per_pre * 1e6, 1)}

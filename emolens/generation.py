@@ -1,0 +1,253 @@
+"""``generate``: text generation with optional steering and an emotion readout of every token.
+
+A thin layer over ``model.generate`` (TransformerLens's hooked loop, KV cache included) that
+adds what the experiments need: chat messages through the chat template, repeatable sampling
+(``seed``), steering hooks installed and removed around the call, and a ``Readout`` of the
+residual stream at every registry layer for the prompt and each generated token.
+
+Batches are left-padded (``emolens.tokens.to_inputs(..., padding_side="left")``) and passed with
+their attention mask, so each row generates as it would alone; steering positions count from
+each row's first real token (docs/steering.md).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from jaxtyping import Int
+
+from emolens.errors import InputError, SteeringError
+
+
+@dataclass
+class Generation:
+    """The result of ``generate``.
+
+    texts: the generated continuation of each prompt (special tokens and everything from the
+        first stop token on removed); ``text`` is the first (the only one for one prompt).
+    tokens: ``[batch, pos]`` prompt (left-padded) followed by the generated tokens; rows that
+        stopped early are filled with the end-of-sequence id.
+    prompt_len: number of prompt columns (padding included): generated tokens start there.
+    attention_mask: ``[batch, pos]`` 1 on real tokens: prompt tokens and generated tokens up to
+        and including the stop token.
+    prompts: the rendered prompts (chat input after the chat template).
+    steering: ``Steering.describe()`` of every intervention that was active.
+    settings: the generation settings (max_new_tokens, do_sample, seed, ...).
+    readout: a ``Readout`` of every real token when ``monitor`` was a registry, else None.
+    """
+
+    texts: list[str]
+    tokens: Int[torch.Tensor, "batch pos"]
+    prompt_len: int
+    attention_mask: Int[torch.Tensor, "batch pos"]
+    prompts: list[str]
+    steering: list[dict[str, Any]] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+    readout: Any = None
+
+    @property
+    def text(self) -> str:
+        return self.texts[0]
+
+    @property
+    def generated_tokens(self) -> Int[torch.Tensor, "batch new"]:
+        return self.tokens[:, self.prompt_len:]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __str__(self) -> str:
+        return self.text if len(self.texts) == 1 else "\n---\n".join(self.texts)
+
+
+def _as_steerings(steering: Any) -> list[Any]:
+    from emolens.steering.interventions import Steering
+
+    if steering is None:
+        return []
+    items = [steering] if isinstance(steering, Steering) else steering
+    if not isinstance(items, Sequence) or isinstance(items, (str, bytes)):
+        raise SteeringError(f"steering must be a Steering or a list of them, got "
+                            f"{type(steering).__name__}; build one with Steering(registry, "
+                            "{'calm': 0.05})")
+    out = list(items)
+    for s in out:
+        if not isinstance(s, Steering):
+            raise SteeringError(f"steering must be a Steering or a list of them, got a "
+                                f"{type(s).__name__} in the list")
+    return out
+
+
+def stop_token_ids(model: Any) -> list[int]:
+    """The token ids that end a generation (the model config's, else the tokenizer's EOS)."""
+    eos = getattr(model.cfg, "eos_token_id", None)
+    if eos is None and model.tokenizer is not None:
+        eos = model.tokenizer.eos_token_id
+    if eos is None:
+        return []
+    return [int(eos)] if isinstance(eos, int) else [int(e) for e in eos]
+
+
+def _check_settings(max_new_tokens: int, do_sample: bool, temperature: float | int,
+                    top_p: float | int | None) -> None:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise InputError(f"max_new_tokens={max_new_tokens!r} must be a positive int")
+    if do_sample and not (math.isfinite(temperature) and temperature > 0):
+        raise InputError(f"temperature={temperature!r} must be a positive finite number when "
+                         "sampling (use do_sample=False for greedy decoding)")
+    if top_p is not None and not (0 < top_p <= 1):
+        raise InputError(f"top_p={top_p!r} must be in (0, 1]")
+
+
+def generate(model: Any, prompt_or_messages: Any, *, max_new_tokens: int = 40,
+             steering: Any = None, monitor: Any = None, do_sample: bool = False,
+             temperature: float | int = 1.0, top_p: float | int | None = None, seed: int | None = None,
+             use_past_kv_cache: bool = True, stop_at_eos: bool = True,
+             monitor_centered: bool = True) -> Generation:
+    """Generate a continuation of a prompt, a conversation, or a list of them.
+
+    Args:
+        prompt_or_messages: a string, a chat conversation (list of ``{"role", "content"}``
+            dicts, rendered with the chat template and the assistant turn opened), or a list
+            of those (one batch, left-padded).
+        max_new_tokens: tokens to generate per prompt.
+        steering: a ``Steering`` or a list of them, active during generation only.
+        monitor: an ``EmotionRegistry``: the result carries a ``Readout`` of the (steered)
+            residual stream at every registry layer for every prompt and generated token
+            (``readout.at(layer)``: ``[batch, pos, emotion]``; scores are projections on the
+            unit vectors, minus the registry's centre unless ``monitor_centered=False``, as
+            in ``read_emotions``; ``reply_pos`` is the last prompt column).
+        do_sample / temperature / top_p: sampling; greedy when ``do_sample`` is False.
+        seed: makes sampling repeatable (the global RNG is forked, so the caller's RNG state
+            is left as it was).
+        use_past_kv_cache: decode with the KV cache (same tokens as without it, faster).
+        stop_at_eos: stop a row at the model's end-of-sequence token.
+    """
+    from emolens.steering.interventions import apply_steering
+    from emolens.tokens import to_inputs
+
+    _check_settings(max_new_tokens, do_sample, temperature, top_p)
+    steerings = _as_steerings(steering)
+    batch = to_inputs(model, prompt_or_messages, padding_side="left")
+    device = _device(model)
+    tokens = batch.tokens.to(device)
+    prompt_mask = batch.attention_mask.to(device)
+    handle = apply_steering(model, steerings) if steerings else None
+    settings = {"max_new_tokens": max_new_tokens, "do_sample": do_sample,
+                "temperature": temperature, "top_p": top_p, "seed": seed,
+                "use_past_kv_cache": use_past_kv_cache, "stop_at_eos": stop_at_eos}
+    try:
+        if handle is not None:
+            handle.reset()
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            if seed is not None:
+                torch.manual_seed(int(seed))
+            out = model.generate(
+                tokens, max_new_tokens=max_new_tokens, stop_at_eos=stop_at_eos,
+                do_sample=do_sample, temperature=temperature if do_sample else 1.0,
+                top_p=top_p if do_sample else None, use_past_kv_cache=use_past_kv_cache,
+                verbose=False, return_type="tokens",
+                attention_mask=None if bool(prompt_mask.all()) else prompt_mask)
+        out = out.detach()
+        prompt_len = int(tokens.shape[1])
+        mask, texts = _finish(model, out, prompt_mask, prompt_len, stop_at_eos)
+        readout = None
+        if monitor is not None:
+            readout = _monitor(model, monitor, out, mask, prompt_len, handle,
+                               [p + t for p, t in zip(batch.texts, texts)], monitor_centered)
+    finally:
+        if handle is not None:
+            handle.remove()
+    return Generation(texts=texts, tokens=out.cpu(), prompt_len=prompt_len,
+                      attention_mask=mask.cpu(), prompts=list(batch.texts),
+                      steering=[s.describe() for s in steerings], settings=settings,
+                      readout=readout)
+
+
+def _device(model: Any) -> torch.device:
+    from emolens.compat import model_device
+
+    dev = model_device(model)
+    return dev if isinstance(dev, torch.device) else torch.device(str(dev))
+
+
+def _finish(model: Any, out: torch.Tensor, prompt_mask: torch.Tensor, prompt_len: int,
+            stop_at_eos: bool) -> tuple[torch.Tensor, list[str]]:
+    """Attention mask over prompt + generated tokens (real up to the stop token) and texts."""
+    gen = out[:, prompt_len:]
+    stops = stop_token_ids(model) if stop_at_eos else []
+    keep = torch.ones_like(gen, dtype=torch.long)
+    texts = []
+    for i in range(gen.shape[0]):
+        row = gen[i].tolist()
+        end = len(row)
+        for j, t in enumerate(row):
+            if t in stops:
+                end = j
+                break
+        keep[i, end + 1:] = 0
+        texts.append(model.tokenizer.decode(row[:end], skip_special_tokens=True))
+    mask = torch.cat([prompt_mask.long(), keep], dim=1)
+    return mask, texts
+
+
+def _monitor(model: Any, registry: Any, tokens: torch.Tensor, mask: torch.Tensor,
+             prompt_len: int, handle: Any, texts: list[str], centered: bool = True) -> Any:
+    """Readout of the residual stream at every registry layer for every token.
+
+    Computed by one more forward over prompt + generated tokens with the same steering hooks,
+    told that this forward continues the generated sequence, so position rules ("prompt",
+    "generated", indices) select the same columns as during decoding; hooks on each registry
+    site capture the residual (what the model computed at every step, including the final
+    generated token, which decoding itself never feeds back).
+    """
+    registry.check_model(model, strict=False)
+    layers = list(registry.layers)
+    names = [registry.site(layer).name for layer in layers]
+    captured: dict[str, torch.Tensor] = {}
+
+    def capture_at(name: str) -> Any:
+        def capture(x: torch.Tensor, *, hook: Any) -> None:
+            captured[name] = x.detach()
+        return capture
+
+    if handle is not None:
+        handle.tracker.continue_from(tokens, prompt_len)
+    kwargs: dict[str, Any] = {}
+    if not bool(mask.all()):
+        kwargs["attention_mask"] = mask
+    with torch.no_grad():
+        model.run_with_hooks(tokens, fwd_hooks=[(n, capture_at(n)) for n in names],
+                             return_type=None, stop_at_layer=max(layers) + 1, **kwargs)
+    from emolens.readout.readout import project
+
+    cols = []
+    for name, layer in zip(names, layers):
+        x = captured.get(name)
+        if x is None:
+            raise SteeringError(f"the monitor hook at {name!r} did not fire")
+        cols.append(project(x.float(), registry, layer, centered=centered))  # [b, pos, E]
+    scores = torch.stack(cols, dim=2).cpu()  # [b, pos, layer, E]
+    scores = scores * mask.cpu()[:, :, None, None]
+    return _build_readout(model, registry, tokens, mask, prompt_len, scores, layers, texts,
+                          centered)
+
+
+def _build_readout(model: Any, registry: Any, tokens: torch.Tensor, mask: torch.Tensor,
+                   prompt_len: int, scores: torch.Tensor, layers: list[int], texts: list[str],
+                   centered: bool) -> Any:
+    from emolens.readout.readout import Readout
+
+    real = mask.bool().cpu()
+    content = real.clone()
+    content[torch.arange(tokens.shape[0]), real.long().argmax(-1)] = False
+    str_tokens = [[model.tokenizer.decode([int(t)]) for t in row[m]]
+                  for row, m in zip(tokens.cpu(), real)]
+    reply = torch.full((tokens.shape[0],), prompt_len - 1, dtype=torch.long)
+    return Readout(scores_all=scores, emotions=list(registry.emotions), layers=layers,
+                   str_tokens=str_tokens, mask=real, content_mask=content, reply_pos=reply,
+                   default_layer=int(registry.default_layer), texts=texts, kind="projection",
+                   single_layer=False, centered=centered)

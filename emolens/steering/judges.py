@@ -1,0 +1,232 @@
+"""Judges that score steered text independently of the steered direction.
+
+A judge must not read the direction it is judging (a probe of the steered vector would report
+success by construction). The bundled judges:
+
+- ``"emotion_words"`` (the study's test): after the text, append a question
+  (``"\\nHow does the narrator feel? They feel"``; for chat input a user turn asking the same and
+  the assistant's answer opened with ``"They feel"``) and score ``log P(" word")`` of every
+  candidate emotion word under the *unsteered* model (full word: the log-probabilities of all
+  its tokens, summed). The score is the target word's log-probability share among the
+  candidates, ``log P(target) - logsumexp_w log P(w)``; the raw log-probability is kept as
+  ``emotion_words_logp``.
+- ``"lexicon"``: VADER's compound valence (-1..1) of the generated text (vaderSentiment, MIT
+  licence): a word list, no model at all.
+- ``DirectionJudge(vector, layer)``: the mean projection of the unsteered model's residual on a
+  direction the caller supplies (e.g. from another extraction method), over the generated
+  tokens.
+
+Judges are small callables selected by name (``JUDGES``); ``register_judge`` adds one.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from emolens.errors import InputError, SteeringError, unknown_name_message
+
+NARRATOR_QUESTION = "\nHow does the narrator feel? They feel"
+CHAT_QUESTION = "In one word, how does the narrator of your last reply feel?"
+ANSWER_PREFIX = "They feel"
+
+
+@dataclass
+class JudgeInput:
+    """Everything a judge may read about a batch of steered generations.
+
+    ``prompts``: the caller's prompts (strings or conversations); ``replies``: the generated
+    texts; ``tokens``/``attention_mask``: ``[batch, pos]`` prompt + generated tokens;
+    ``prompt_len``: prompt columns; ``emotion``: the steered emotion (the word to look for);
+    ``words``: candidate emotion words.
+    """
+
+    model: Any
+    prompts: list[Any]
+    replies: list[str]
+    tokens: torch.Tensor
+    attention_mask: torch.Tensor
+    prompt_len: int
+    emotion: str
+    words: list[str]
+
+
+Judge = Callable[[JudgeInput], dict[str, list[float]]]
+
+
+# ---------------------------------------------------------------------------- word probabilities
+def question_context(model: Any, prompt: Any, reply: str = "") -> tuple[str, bool]:
+    """The text after which the emotion word is scored, and whether it is chat-rendered.
+
+    Plain prompts: ``prompt + reply + NARRATOR_QUESTION``. Conversations: the conversation,
+    the reply as the assistant's turn (when given), a user turn asking ``CHAT_QUESTION``, and
+    the assistant's answer opened with ``"They feel"``.
+    """
+    from emolens.tokens import is_conversation, render_chat
+
+    if is_conversation(prompt):
+        msgs = list(prompt)
+        if reply:
+            msgs = msgs + [{"role": "assistant", "content": reply}]
+        elif msgs[-1].get("role") == "user":
+            msgs = msgs + [{"role": "assistant", "content": ""}]
+        msgs = msgs + [{"role": "user", "content": CHAT_QUESTION}]
+        return render_chat(model, msgs, add_generation_prompt=True) + ANSWER_PREFIX, True
+    if not isinstance(prompt, str):
+        raise InputError(f"a prompt must be a string or chat messages, got {type(prompt).__name__}")
+    return prompt + reply + NARRATOR_QUESTION, False
+
+
+def _ids(model: Any, text: str, *, bos: bool) -> list[int]:
+    return [int(t) for t in model.to_tokens(text, prepend_bos=bos, truncate=False,
+                                            move_to_device=False)[0].tolist()]
+
+
+def word_token_ids(model: Any, word: str) -> list[int]:
+    """Token ids of ``" " + word`` (the word as it follows ``"They feel"``)."""
+    ids = _ids(model, " " + word, bos=False)
+    if not ids:
+        raise InputError(f"the word {word!r} tokenises to nothing")
+    return ids
+
+
+def word_logprobs(model: Any, contexts: Sequence[tuple[str, bool]], words: Sequence[str], *,
+                  batch_size: int = 16) -> torch.Tensor:
+    """``[n_contexts, n_words]`` log P(" word" | context): all the word's tokens, summed.
+
+    ``contexts`` are ``(text, chat_rendered)`` pairs (a chat-rendered text brings its own first
+    token, so no BOS is added). Runs whatever hooks are on the model: call it inside ``steer``
+    to score under steering, outside it for the unsteered model.
+    """
+    bos_default = bool(getattr(model.cfg, "default_prepend_bos", True))
+    ctx_ids = [_ids(model, text, bos=bos_default and not chat) for text, chat in contexts]
+    wids = [word_token_ids(model, w) for w in words]
+    # One sequence per context gives every word's first token; a word of several tokens adds
+    # one sequence (context + its leading tokens) for the rest.
+    seqs: list[list[int]] = []
+    rows_needed: list[list[int]] = []
+    plan: list[tuple[int, int, int, int, int]] = []  # (ctx, word, seq, row, token)
+    for ci, ids in enumerate(ctx_ids):
+        base = len(seqs)
+        seqs.append(ids)
+        rows_needed.append([len(ids) - 1])
+        for wi, w in enumerate(wids):
+            plan.append((ci, wi, base, 0, w[0]))
+            if len(w) > 1:
+                seqs.append(ids + w[:-1])
+                rows = list(range(len(ids), len(ids) + len(w) - 1))
+                rows_needed.append(rows)
+                for j in range(len(rows)):
+                    plan.append((ci, wi, len(seqs) - 1, j, w[j + 1]))
+    picked: dict[int, torch.Tensor] = {}  # sequence -> [rows, vocab] log-probabilities
+    pad = model.tokenizer.pad_token_id or 0
+    device = _device(model)
+    for start in range(0, len(seqs), batch_size):
+        chunk = seqs[start:start + batch_size]
+        width = max(len(s) for s in chunk)
+        toks = torch.full((len(chunk), width), int(pad), dtype=torch.long)
+        for i, s in enumerate(chunk):
+            toks[i, :len(s)] = torch.tensor(s)
+        with torch.no_grad():
+            logits = model(toks.to(device), return_type="logits")
+        for i in range(len(chunk)):
+            idx = torch.tensor(rows_needed[start + i], device=logits.device)
+            picked[start + i] = logits[i, idx].float().log_softmax(-1).cpu()
+    out = torch.zeros(len(ctx_ids), len(wids))
+    for ci, wi, si, row, tok in plan:
+        out[ci, wi] += picked[si][row, tok]
+    return out
+
+
+def _device(model: Any) -> torch.device:
+    from emolens.compat import model_device
+
+    dev = model_device(model)
+    return dev if isinstance(dev, torch.device) else torch.device(str(dev))
+
+
+# ---------------------------------------------------------------------------- judges
+def emotion_words_judge(inp: JudgeInput) -> dict[str, list[float]]:
+    """Log-probability share of the target emotion word after a "how do they feel" question,
+    under the unsteered model (see the module docstring)."""
+    words = list(inp.words)
+    if inp.emotion not in words:
+        words.append(inp.emotion)
+    contexts = [question_context(inp.model, p, r) for p, r in zip(inp.prompts, inp.replies)]
+    lp = word_logprobs(inp.model, contexts, words)
+    t = words.index(inp.emotion)
+    share = lp[:, t] - torch.logsumexp(lp, dim=-1)
+    return {"emotion_words": share.tolist(), "emotion_words_logp": lp[:, t].tolist()}
+
+
+_VADER: Any = None
+
+
+def lexicon_judge(inp: JudgeInput) -> dict[str, list[float]]:
+    """VADER compound valence of each generated text (-1 negative .. +1 positive)."""
+    global _VADER
+    if _VADER is None:
+        try:
+            from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+        except ImportError as e:  # pragma: no cover - it is a dev/lexicon extra
+            raise InputError("the 'lexicon' judge needs vaderSentiment: pip install "
+                             "'emolens[lexicon]' (or drop 'lexicon' from judges)") from e
+        _VADER = SentimentIntensityAnalyzer()
+    return {"lexicon": [float(_VADER.polarity_scores(t)["compound"]) for t in inp.replies]}
+
+
+class DirectionJudge:
+    """Mean projection of the unsteered residual at ``layer`` on a caller's direction, over the
+    generated tokens. Use a direction from a *different* method than the one steered."""
+
+    def __init__(self, vector: torch.Tensor, layer: int, *, name: str = "direction"):
+        v = torch.as_tensor(vector, dtype=torch.float32).detach().cpu()
+        if v.ndim != 1 or float(v.norm()) == 0 or not bool(torch.isfinite(v).all()):
+            raise SteeringError(f"DirectionJudge needs a finite non-zero [d_model] vector, got "
+                                f"shape {tuple(v.shape)}")
+        self.vector = v / v.norm()
+        self.layer = int(layer)
+        self.name = name
+
+    def __call__(self, inp: JudgeInput) -> dict[str, list[float]]:
+        from emolens.sites import resolve_site
+
+        site = resolve_site(inp.model, self.layer)
+        device = _device(inp.model)
+        toks = inp.tokens.to(device)
+        am = inp.attention_mask.to(device)
+        kwargs = {} if bool(am.all()) else {"attention_mask": am}
+        with torch.no_grad():
+            _, cache = inp.model.run_with_cache(toks, names_filter=[site.name],
+                                                stop_at_layer=site.layer + 1, **kwargs)
+        proj = cache[site.name].float() @ self.vector.to(device)
+        gen = am.bool().clone()
+        gen[:, : inp.prompt_len] = False
+        counts = gen.sum(-1).clamp(min=1)
+        vals = (proj * gen).sum(-1) / counts
+        return {self.name: vals.cpu().tolist()}
+
+
+JUDGES: dict[str, Judge] = {"emotion_words": emotion_words_judge, "lexicon": lexicon_judge}
+
+
+def register_judge(name: str, judge: Judge) -> None:
+    """Make ``judge`` (``JudgeInput -> {column: [score per row]}``) selectable by name."""
+    JUDGES[name] = judge
+
+
+def resolve_judges(judges: Sequence[Any]) -> list[tuple[str, Judge]]:
+    out: list[tuple[str, Judge]] = []
+    for j in judges:
+        if isinstance(j, str):
+            if j not in JUDGES:
+                raise InputError(unknown_name_message("judge", j, sorted(JUDGES),
+                                                      "or pass a callable judge"))
+            out.append((j, JUDGES[j]))
+        elif callable(j):
+            out.append((str(getattr(j, "name", getattr(j, "__name__", "judge"))), j))
+        else:
+            raise InputError(f"judge {j!r} is neither a name ({sorted(JUDGES)}) nor a callable")
+    return out

@@ -1,0 +1,371 @@
+"""Dose-response of steering, the causal word test, and fluency costs.
+
+- ``sweep``: generate from each prompt at each strength, score every text with judges that do
+  not read the steered direction (``emolens.steering.judges``), plus the perplexity of the
+  steered text under the unsteered model; returns a tidy DataFrame. ``plot_sweep`` draws the
+  dose-response with bootstrap intervals over prompts.
+- ``emotion_word_test``: the study's check that steering toward an emotion raises the
+  probability of its own word after "They feel" more than any other emotion word, with a
+  norm-matched random direction per emotion as the control.
+- ``neutral_loss`` / ``neutral_kl``: what steering costs on neutral reference text (loss
+  while steered; KL from the unsteered next-token distribution).
+
+What these establish: a change in judged emotion or word probability *caused by* the
+intervention (everything else is held fixed, greedy decoding by default). What they do not:
+that the model "feels" anything, or that the effect is specific to this direction unless the
+random-direction control stays flat.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import torch
+
+from emolens.errors import InputError, SteeringError
+from emolens.steering.interventions import Steering, apply_steering, random_direction
+from emolens.steering.judges import (
+    JudgeInput,
+    question_context,
+    resolve_judges,
+    word_logprobs,
+)
+
+
+def _prompt_label(model: Any, prompt: Any) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    users = [m["content"] for m in prompt if m.get("role") == "user"]
+    return users[-1] if users else str(prompt[-1].get("content", ""))
+
+
+def _check_strengths(strengths: Sequence[float | int]) -> list[float]:
+    out = []
+    for s in strengths:
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(float(s)):
+            raise SteeringError(f"strength {s!r} is not a finite number (units of the mean "
+                                "residual norm, e.g. 0.05)")
+        out.append(float(s))
+    if not out:
+        raise SteeringError("strengths is empty; pass e.g. [0, 0.05, 0.1] (include 0 for the "
+                            "unsteered baseline)")
+    return out
+
+
+def _prompts_list(prompts: Any) -> list[Any]:
+    from emolens.tokens import is_conversation
+
+    if isinstance(prompts, str) or is_conversation(prompts):
+        return [prompts]
+    items = list(prompts)
+    if not items:
+        raise InputError("prompts is empty; pass at least one string or conversation")
+    return items
+
+
+def sequence_perplexity(model: Any, tokens: torch.Tensor, attention_mask: torch.Tensor,
+                        prompt_len: int) -> list[float]:
+    """Per row, ``exp`` of the mean negative log-likelihood of the generated tokens (columns
+    ``prompt_len..``, real tokens only) under whatever hooks are active (none: unsteered)."""
+    from emolens.generation import _device
+
+    device = _device(model)
+    toks = tokens.to(device)
+    am = attention_mask.to(device)
+    kwargs = {} if bool(am.all()) else {"attention_mask": am}
+    with torch.no_grad():
+        logits = model(toks, return_type="logits", **kwargs)
+    logp = logits[:, :-1].float().log_softmax(-1)
+    nll = -logp.gather(-1, toks[:, 1:, None])[..., 0]
+    keep = am[:, 1:].bool().clone()
+    keep[:, : max(prompt_len - 1, 0)] = False
+    out = []
+    for i in range(toks.shape[0]):
+        n = int(keep[i].sum())
+        out.append(float(torch.exp(nll[i][keep[i]].mean())) if n else float("nan"))
+    return out
+
+
+def sweep(model: Any, registry: Any, emotion: str, strengths: Sequence[float | int], prompts: Any, *,
+          judges: Sequence[Any] = ("emotion_words", "lexicon"), max_new_tokens: int = 40,
+          layer: int | None = None, seed: int = 0, progress: bool = True,
+          positions: Any = "all", do_sample: bool = False, words: Sequence[str] | None = None,
+          use_past_kv_cache: bool = True) -> pd.DataFrame:
+    """Steer toward ``emotion`` at each strength and judge the text (one row per prompt x
+    strength).
+
+    Columns: ``prompt`` (the text, or the last user message of a conversation),
+    ``prompt_index``, ``emotion``, ``layer``, ``strength``, ``text``, ``n_tokens``, one
+    column per judge score (``emotion_words``, ``emotion_words_logp``, ``lexicon``, ...), and
+    ``perplexity`` (of the steered text under the unsteered model). ``df.attrs`` records the
+    settings. Strength 0 means no hooks at all (the baseline; include it).
+
+    Judges run on the unsteered model after generation (see ``emolens.steering.judges``);
+    ``words`` are the candidate emotion words for the word judge (default: the registry's
+    emotions). ``seed`` seeds sampling when ``do_sample`` (greedy otherwise).
+    """
+    from tqdm.auto import tqdm
+
+    from emolens.generation import generate
+
+    values = _check_strengths(strengths)
+    items = _prompts_list(prompts)
+    if emotion not in registry.emotions:
+        Steering(registry, {emotion: 1.0})  # raises SteeringError naming the emotion
+    layer_used = registry.default_layer if layer is None else layer
+    judge_list = resolve_judges(judges)
+    cand = list(words) if words is not None else list(registry.emotions)
+    rows: list[dict[str, Any]] = []
+    gens = []
+    for s in tqdm(values, desc=f"sweep {emotion}", disable=not progress):
+        steering = None if s == 0 else Steering(registry, {emotion: s}, layer=layer_used,
+                                                positions=positions)
+        g = generate(model, items, max_new_tokens=max_new_tokens, steering=steering,
+                     do_sample=do_sample, seed=seed, use_past_kv_cache=use_past_kv_cache)
+        gens.append((s, g))
+    for s, g in tqdm(gens, desc="judging", disable=not progress):
+        inp = JudgeInput(model=model, prompts=items, replies=g.texts, tokens=g.tokens,
+                         attention_mask=g.attention_mask, prompt_len=g.prompt_len,
+                         emotion=emotion, words=cand)
+        scores: dict[str, list[float]] = {}
+        for _, judge in judge_list:
+            scores.update(judge(inp))
+        ppl = sequence_perplexity(model, g.tokens, g.attention_mask, g.prompt_len)
+        n_tok = (g.attention_mask[:, g.prompt_len:].sum(-1)).tolist()
+        for i, p in enumerate(items):
+            row = {"prompt": _prompt_label(model, p), "prompt_index": i, "emotion": emotion,
+                   "layer": layer_used, "strength": s, "text": g.texts[i],
+                   "n_tokens": int(n_tok[i])}
+            row.update({k: float(v[i]) for k, v in scores.items()})
+            row["perplexity"] = ppl[i]
+            rows.append(row)
+    df = pd.DataFrame(rows)
+    df.attrs.update({
+        "emotion": emotion, "layer": layer_used, "positions": str(positions),
+        "judges": [n for n, _ in judge_list], "words": cand, "max_new_tokens": max_new_tokens,
+        "do_sample": do_sample, "seed": seed,
+        "units": "strength in fractions of the mean residual-stream norm at the layer",
+        "model": getattr(registry, "provenance", {}).get("model_id"),
+    })
+    return df
+
+
+def plot_sweep(df: pd.DataFrame, judge: str = "emotion_words", *, ax: Any = None,
+               confidence: float = 0.95, n_resamples: int = 1000, seed: int = 0) -> Any:
+    """Dose-response figure: mean ``judge`` score per strength with a percentile bootstrap
+    interval over prompts (``transformer_lens.utilities.statistics.bootstrap_ci``); one line per
+    emotion in ``df``. Returns the matplotlib ``Figure``."""
+    from matplotlib.figure import Figure
+    from transformer_lens.utilities.statistics import bootstrap_ci
+
+    if judge not in df.columns:
+        cols = [c for c in df.columns if c not in ("prompt", "text", "emotion")]
+        raise InputError(f"no column {judge!r} in the sweep; available: {cols}")
+    if ax is None:
+        fig = Figure(figsize=(5.5, 3.6), layout="constrained")
+        ax = fig.add_subplot()
+    else:
+        fig = ax.figure
+    gen = torch.Generator().manual_seed(int(seed))
+    for emo, sub in df.groupby("emotion", sort=False):
+        xs, mean, lo, hi = [], [], [], []
+        for s, part in sub.groupby("strength"):
+            vals = torch.tensor(part[judge].to_numpy(dtype=float), dtype=torch.float64)
+            vals = vals[torch.isfinite(vals)]
+            if len(vals) == 0:
+                continue
+            low, high = bootstrap_ci(vals, confidence=confidence, n_resamples=n_resamples,
+                                     generator=gen)
+            xs.append(float(s))
+            mean.append(float(vals.mean()))
+            lo.append(float(low))
+            hi.append(float(high))
+        line = ax.plot(xs, mean, marker="o", label=str(emo))[0]
+        ax.fill_between(xs, lo, hi, alpha=0.2, color=line.get_color())
+    layer = df.attrs.get("layer", df["layer"].iloc[0] if "layer" in df and len(df) else "?")
+    ax.axvline(0.0, color="0.6", lw=0.8, ls=":")
+    ax.set_xlabel(f"steering strength (x mean residual norm, layer {layer})")
+    ax.set_ylabel(judge)
+    ax.set_title(f"dose-response: {judge} ({int(confidence * 100)}% bootstrap CI over prompts)",
+                 fontsize=9)
+    ax.legend(fontsize=8)
+    return fig
+
+
+# ---------------------------------------------------------------------------- word test
+@dataclass
+class EmotionWordTest:
+    """Result of ``emotion_word_test``.
+
+    deltas: ``[steered emotion x word]`` mean change in ``log P(" word")`` after the question,
+        steered minus unsteered; hits: how many emotions raise their own word more than any
+        other word. control_deltas / control_hits: the same for a random direction of equal
+        norm per emotion (seeded). chance: expected hits if the ranking were random (1).
+    """
+
+    deltas: pd.DataFrame
+    hits: int
+    control_deltas: pd.DataFrame
+    control_hits: int
+    strength: float
+    layer: int
+    n_prompts: int
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_emotions(self) -> int:
+        return int(self.deltas.shape[0])
+
+    @property
+    def chance(self) -> float:
+        return 1.0
+
+    @property
+    def hit_emotions(self) -> list[str]:
+        return [e for e in self.deltas.index if self.deltas.loc[e].idxmax() == e]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"hits": self.hits, "control_hits": self.control_hits,
+                "n_emotions": self.n_emotions, "chance_hits": self.chance,
+                "strength": self.strength, "layer": self.layer, "n_prompts": self.n_prompts,
+                "hit_emotions": self.hit_emotions,
+                "deltas": {e: self.deltas.loc[e].round(4).to_dict() for e in self.deltas.index},
+                **self.settings}
+
+    def __repr__(self) -> str:
+        return (f"EmotionWordTest({self.hits}/{self.n_emotions} emotions raise their own word "
+                f"most; random-direction control {self.control_hits}/{self.n_emotions}; "
+                f"strength {self.strength} at layer {self.layer}, {self.n_prompts} prompts)")
+
+
+def emotion_word_test(model: Any, registry: Any, emotions: Sequence[str] | None = None, *,
+                      strength: float | int, prompts: Any, layer: int | None = None,
+                      control_seed: int = 0, positions: Any = "all",
+                      progress: bool = False) -> EmotionWordTest:
+    """Steer toward each emotion on (neutral) prompts and measure how each emotion word's
+    log-probability after "They feel" changes under the *steered* model.
+
+    For each emotion: ``delta[e, w] = mean over prompts of log P_steered(w) - log P(w)``.
+    A hit is an emotion whose own word rises more than every other word. The control steers a
+    random unit direction per emotion (seed ``control_seed + i``) with the same norm
+    (``strength * mean_norm``) at the same layer and positions.
+    """
+    from tqdm.auto import tqdm
+
+    emos = list(registry.emotions if emotions is None else emotions)
+    if len(emos) < 2:
+        raise SteeringError(f"the word test needs at least two emotions, got {emos}")
+    if isinstance(strength, bool) or not math.isfinite(float(strength)) or float(strength) == 0:
+        raise SteeringError(f"strength={strength!r} must be a finite non-zero number (units of "
+                            "the mean residual norm; the study used about 0.1-0.5 for text)")
+    for e in emos:
+        Steering(registry, {e: 1.0})  # validates names
+    items = _prompts_list(prompts)
+    layer_used = registry.default_layer if layer is None else layer
+    mean_norm = float(registry.mean_norm(layer_used))
+    contexts = [question_context(model, p) for p in items]
+    base = word_logprobs(model, contexts, emos)
+    d_model = int(model.cfg.d_model)
+
+    def run(steering: Steering) -> torch.Tensor:
+        handle = apply_steering(model, steering)
+        try:
+            return (word_logprobs(model, contexts, emos) - base).mean(0)
+        finally:
+            handle.remove()
+
+    rows, ctrl = [], []
+    for i, e in enumerate(tqdm(emos, desc="word test", disable=not progress)):
+        rows.append(run(Steering(registry, {e: float(strength)}, layer=layer_used,
+                                 positions=positions)))
+        rnd = random_direction(d_model, seed=control_seed + i)
+        site = registry.site(layer_used).name
+        ctrl.append(run(Steering(rnd, float(strength), layer=site, scale=mean_norm,
+                                 positions=positions)))
+    deltas = pd.DataFrame(torch.stack(rows).numpy(), index=emos, columns=emos)
+    control = pd.DataFrame(torch.stack(ctrl).numpy(), index=emos, columns=emos)
+
+    def hits(df: pd.DataFrame) -> int:
+        return int(sum(df.loc[e].idxmax() == e for e in df.index))
+
+    return EmotionWordTest(deltas=deltas, hits=hits(deltas), control_deltas=control,
+                           control_hits=hits(control), strength=float(strength),
+                           layer=int(layer_used), n_prompts=len(items),
+                           settings={"positions": str(positions), "control_seed": control_seed})
+
+
+# ---------------------------------------------------------------------------- fluency costs
+def _neutral_texts(texts: Any, n: int = 16) -> Any:
+    if texts is not None:
+        return texts
+    from emolens.stimuli.corpus import load_corpus
+
+    recs = load_corpus().neutral[:n]
+    if not recs:
+        raise InputError("the bundled corpus has no neutral dialogues; pass texts=")
+    return [r.messages for r in recs]
+
+
+def _batches(model: Any, texts: Any, batch_size: int) -> Any:
+    from emolens.generation import _device
+    from emolens.tokens import to_inputs
+
+    items = _prompts_list(texts)
+    for i in range(0, len(items), batch_size):
+        yield to_inputs(model, items[i:i + batch_size]).to(_device(model))
+
+
+def _logprobs(model: Any, batch: Any, steering: list[Steering]) -> torch.Tensor:
+    """``[b, pos-1, vocab]`` next-token log-probabilities with ``steering`` active."""
+    handle = apply_steering(model, steering) if steering else None
+    try:
+        with torch.no_grad():
+            logits = model(batch.tokens, return_type="logits", **batch.forward_kwargs())
+    finally:
+        if handle is not None:
+            handle.remove()
+    return logits[:, :-1].float().log_softmax(-1)
+
+
+def neutral_loss(model: Any, steering: Any = None, texts: Any = None, *,
+                 batch_size: int = 8) -> float:
+    """Mean next-token cross-entropy (nats per token) on neutral reference text while
+    ``steering`` (a ``Steering`` or list; None: unsteered) is active.
+
+    Scored targets are content tokens (real tokens after the attention-sink token).
+    ``texts``: strings or conversations; default: the first 16 neutral assistant dialogues of
+    the bundled corpus. Compare with ``neutral_loss(model, None, texts)``.
+    """
+    from emolens.generation import _as_steerings
+
+    steerings = _as_steerings(steering)
+    total, count = 0.0, 0
+    for b in _batches(model, _neutral_texts(texts), batch_size):
+        logp = _logprobs(model, b, steerings)
+        mask = b.content_mask[:, 1:]
+        nll = -logp.gather(-1, b.tokens[:, 1:, None])[..., 0]
+        total += float(nll[mask].sum())
+        count += int(mask.sum())
+    return total / max(count, 1)
+
+
+def neutral_kl(model: Any, steering: Any, texts: Any = None, *, batch_size: int = 8) -> float:
+    """Mean KL(unsteered || steered) of the next-token distribution over content tokens of
+    neutral text (nats per token); Arditi et al. keep it below 0.1 when choosing an ablation
+    layer."""
+    from emolens.generation import _as_steerings
+
+    steerings = _as_steerings(steering)
+    total, count = 0.0, 0
+    for b in _batches(model, _neutral_texts(texts), batch_size):
+        p = _logprobs(model, b, [])
+        q = _logprobs(model, b, steerings)
+        mask = b.content_mask[:, :-1] | b.content_mask[:, 1:]
+        mask = b.attention_mask[:, :-1].bool() & b.attention_mask[:, 1:].bool() & mask
+        kl = (p.exp() * (p - q)).sum(-1)
+        total += float(kl[mask].sum())
+        count += int(mask.sum())
+    return total / max(count, 1)
