@@ -1,0 +1,101 @@
+"""Causal tests of emotion directions: patching, attribution, behaviour, statistics.
+
+- ``patch_direction``: move the source run's component along emotion directions into the target
+  run, beside a norm-matched random-subspace placebo, with intervals and permutation tests.
+- ``patch_resid_pre`` / ``patch_attn_out`` / ``patch_mlp_out`` / ``patch_head_out`` /
+  ``patch_head_out_by_pos``: TransformerLens's patching maps, batched (many patches per
+  forward); ``patching_map`` wraps tokenising, caching and plotting.
+- ``direction_attribution``: how much each head and MLP writes along each direction, per token
+  (exact decomposition); ``direction_logit_effects``: what a direction does to the logits.
+- ``shortcut_experiment``, ``preference_experiment``, ``dose_response``: behaviour scored from
+  answer logits, steered with ``emolens.steering``.
+- ``run_causality``: everything above on one model and registry, for ``emolens run``.
+
+See docs/causality.md for methods and for what each result does and does not establish.
+"""
+from emolens.causality._common import CausalityError, position_mask
+from emolens.causality.attribution import (
+    DirectionAttribution,
+    LogitEffects,
+    direction_attribution,
+    direction_logit_effects,
+)
+from emolens.causality.behaviour import (
+    Activity,
+    BehaviourResult,
+    ShortcutScenario,
+    ab_token_sets,
+    dose_response,
+    load_activities,
+    load_shortcut_scenarios,
+    preference_experiment,
+    score_ab,
+    shortcut_experiment,
+)
+from emolens.causality.maps import (
+    PatchingMap,
+    batched_activation_patch,
+    patch_attn_out,
+    patch_head_out,
+    patch_head_out_by_pos,
+    patch_mlp_out,
+    patch_resid_mid,
+    patch_resid_pre,
+    patching_map,
+)
+from emolens.causality.metrics import (
+    Metric,
+    answer_prob,
+    as_metric,
+    contrast_tokens,
+    kl_to_reference,
+    logit_diff,
+    readout_at,
+)
+from emolens.causality.patching import (
+    DirectionPatchResult,
+    orthonormal_basis,
+    patch_direction,
+    run_metric,
+)
+from emolens.causality.report import run_causality
+
+__all__ = [
+    "Activity",
+    "BehaviourResult",
+    "CausalityError",
+    "DirectionAttribution",
+    "DirectionPatchResult",
+    "LogitEffects",
+    "Metric",
+    "PatchingMap",
+    "ShortcutScenario",
+    "ab_token_sets",
+    "answer_prob",
+    "as_metric",
+    "batched_activation_patch",
+    "contrast_tokens",
+    "direction_attribution",
+    "direction_logit_effects",
+    "dose_response",
+    "kl_to_reference",
+    "load_activities",
+    "load_shortcut_scenarios",
+    "logit_diff",
+    "orthonormal_basis",
+    "patch_attn_out",
+    "patch_direction",
+    "patch_head_out",
+    "patch_head_out_by_pos",
+    "patch_mlp_out",
+    "patch_resid_mid",
+    "patch_resid_pre",
+    "patching_map",
+    "position_mask",
+    "preference_experiment",
+    "readout_at",
+    "run_causality",
+    "run_metric",
+    "score_ab",
+    "shortcut_experiment",
+]
