@@ -42,9 +42,23 @@ _LAZY: dict[str, str] = {
     "render_tokens": "emolens.views",
     "render_layers": "emolens.views",
     "Report": "emolens.views",
+    "hidden_emotion_check": "emolens.readout",
+    "neutral_baseline": "emolens.readout",
+    "steer": "emolens.steering",
+    "Steering": "emolens.steering",
+    "generate": "emolens.generation",
+    "Generation": "emolens.generation",
+    "export_control_vector": "emolens.steering",
+    "import_control_vector": "emolens.steering",
+    "patch_direction": "emolens.causality",
+    "patching_map": "emolens.causality",
+    "direction_attribution": "emolens.causality",
+    "shortcut_experiment": "emolens.causality",
+    "preference_experiment": "emolens.causality",
 }
 _LAZY_MODULES = ("testing", "errors", "sites", "tokens", "models", "compat", "io", "geometry",
-                 "extraction", "readout", "stimuli", "views", "pipeline", "registry")
+                 "extraction", "readout", "stimuli", "views", "pipeline", "registry",
+                 "steering", "causality", "generation", "stats")
 
 __all__ = ["EmolensError", "__version__", *sorted(_LAZY)]
 
@@ -65,7 +79,15 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
+    from emolens.causality import (
+        direction_attribution,
+        patch_direction,
+        patching_map,
+        preference_experiment,
+        shortcut_experiment,
+    )
     from emolens.extraction import extract_emotions, register_method
+    from emolens.generation import Generation, generate
     from emolens.geometry import (
         affect_correlation,
         cosine_matrix,
@@ -80,9 +102,10 @@ if TYPE_CHECKING:  # pragma: no cover
         model_provenance,
         provision_default_model,
     )
-    from emolens.readout import Readout, read_emotions
+    from emolens.readout import Readout, hidden_emotion_check, neutral_baseline, read_emotions
     from emolens.registry import EmotionRegistry
     from emolens.sites import Site, resolve_site, resolve_sites
+    from emolens.steering import Steering, export_control_vector, import_control_vector, steer
     from emolens.stimuli import Corpus, generate_stories, load_affect_ratings, load_corpus
     from emolens.tokens import TokenizedBatch, to_inputs
     from emolens.views import Report, render_layers, render_tokens

@@ -104,8 +104,8 @@ def _check_settings(max_new_tokens: int, do_sample: bool, temperature: float | i
 
 def generate(model: Any, prompt_or_messages: Any, *, max_new_tokens: int = 40,
              steering: Any = None, monitor: Any = None, do_sample: bool = False,
-             temperature: float | int = 1.0, top_p: float | int | None = None, seed: int | None = None,
-             use_past_kv_cache: bool = True, stop_at_eos: bool = True,
+             temperature: float | int = 1.0, top_p: float | int | None = None,
+             seed: int | None = None, use_past_kv_cache: bool = True, stop_at_eos: bool = True,
              monitor_centered: bool = True) -> Generation:
     """Generate a continuation of a prompt, a conversation, or a list of them.
 
@@ -130,6 +130,9 @@ def generate(model: Any, prompt_or_messages: Any, *, max_new_tokens: int = 40,
     from emolens.tokens import to_inputs
 
     _check_settings(max_new_tokens, do_sample, temperature, top_p)
+    if monitor is not None and not all(hasattr(monitor, a) for a in ("matrix", "layers", "site")):
+        raise InputError(f"monitor must be an EmotionRegistry (to read its directions while "
+                         f"generating), got a {type(monitor).__name__}")
     steerings = _as_steerings(steering)
     batch = to_inputs(model, prompt_or_messages, padding_side="left")
     device = _device(model)

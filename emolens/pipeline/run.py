@@ -304,6 +304,97 @@ def _spearman(x: Sequence[float], y: Sequence[float]) -> float:
     return float((xr @ yr).item() / den) if den else float("nan")
 
 
+STEER_PROMPTS = [
+    [{"role": "user", "content": "Tell me about your morning."}],
+    [{"role": "user", "content": "Describe the room you are in."}],
+    [{"role": "user", "content": "What should I cook tonight?"}],
+    [{"role": "user", "content": "Write one sentence about the weather."}],
+]
+
+
+def _section_steering(ctx: RunContext) -> None:
+    import emolens
+    from emolens.steering import Steering, emotion_word_test, neutral_loss, plot_sweep, sweep
+    from emolens.views import plot_heatmap
+
+    reg = ctx.registry
+    quick = ctx.config.quick
+    emos = [e for e in CORE_EMOTIONS if e in reg.emotions] or reg.emotions
+    out: dict[str, Any] = {"layer": reg.default_layer}
+    neutral_prompts = [list(r.messages)[:1] for r in ctx.corpus.neutral[:4 if quick else 8]]
+    wt = emotion_word_test(ctx.model, reg, emos, strength=0.1, prompts=neutral_prompts)
+    out["emotion_word_test"] = wt.to_dict()
+    ctx.report.add_section(
+        "steering", "Steering: does adding a direction raise its own emotion word?",
+        f"The study's word test: steer toward each emotion (strength 0.1 x the mean residual norm "
+        f"at layer {reg.default_layer}, all positions) and measure how log P(' word') changes "
+        f"after a 'They feel' question. {wt.hits}/{wt.n_emotions} emotions raise their own word "
+        f"more than any other emotion's word; a random direction of equal norm does so for "
+        f"{wt.control_hits}/{wt.n_emotions} (about 1 expected by chance).",
+        limits="Word log-probabilities of a 135M model; single-token word forms only.")
+    ctx.report.add_figure(plot_heatmap(wt.deltas.values, list(wt.deltas.index),
+                                       list(wt.deltas.columns), title="change in log P(word)"),
+                          "Rows: steered emotion; columns: emotion word")
+    valence_emotion = "happy" if "happy" in reg.emotions else emos[0]
+    strengths = [-0.1, -0.05, 0.0, 0.05, 0.1] if quick else [-0.15, -0.1, -0.05, 0.0, 0.05, 0.1, 0.15]
+    df = sweep(ctx.model, reg, valence_emotion, strengths, STEER_PROMPTS[: 2 if quick else 4],
+               judges=("lexicon",), max_new_tokens=24 if quick else 32, progress=ctx.config.progress)
+    by = df.groupby("strength")
+    out["valence_sweep"] = {"emotion": valence_emotion, "strengths": strengths,
+                            "lexicon_mean": by["lexicon"].mean().round(4).tolist(),
+                            "perplexity_mean": by["perplexity"].mean().round(3).tolist()
+                            if "perplexity" in df else None}
+    ctx.report.add_text(f"Valence sweep: steering toward '{valence_emotion}' from "
+                        f"{strengths[0]} to {strengths[-1]}; the VADER lexicon judges the text "
+                        "(independent of the model), perplexity under the unsteered model measures "
+                        "fluency.")
+    ctx.report.add_figure(plot_sweep(df, "lexicon"), "Dose-response of the lexicon valence judge")
+    samples = []
+    prompt = STEER_PROMPTS[0]
+    for label, spec in (("unsteered", None), ("toward calm", {"calm": 0.1}),
+                        ("toward desperate", {"desperate": 0.1})):
+        if spec and not all(e in reg.emotions for e in spec):
+            continue
+        steering = Steering(reg, spec) if spec else None
+        g = emolens.generate(ctx.model, prompt, max_new_tokens=40, steering=steering)
+        samples.append({"condition": label, "text": g.text})
+    out["samples"] = samples
+    ctx.report.add_table(samples, "Sample generations (greedy, same prompt)")
+    try:
+        out["neutral_loss"] = {"unsteered": neutral_loss(ctx.model, None),
+                               "happy+0.1": neutral_loss(ctx.model, Steering(reg, {valence_emotion: 0.1}))}
+    except Exception as e:  # noqa: BLE001
+        out["neutral_loss"] = {"error": str(e)}
+    ctx.results["steering"] = out
+
+
+def _section_causality(ctx: RunContext) -> None:
+    from emolens.causality.report import run_causality
+
+    sections, figures = run_causality(ctx.model, ctx.registry, quick=True, seed=ctx.config.seed,
+                                      progress=ctx.config.progress)
+    ctx.results.update(sections)
+    caus, beh = sections.get("causality", {}), sections.get("behaviour", {})
+    ctx.report.add_section(
+        "causality", "Causality: patching along emotion directions, with placebos",
+        "Directional patching moves the component along an emotion direction from a source run "
+        "into a target run; a norm-matched random direction (placebo) is patched the same way. "
+        "Effects are given with bootstrap intervals and permutation p-values over prompt pairs. "
+        + str(caus.get("statement", "")),
+        limits="A small, quantised model and few prompt pairs; effects indistinguishable from "
+               "the placebo are reported as such.")
+    for name, fig in figures.items():
+        if not name.startswith("behaviour"):
+            ctx.report.add_figure(fig, name.replace("_", " "))
+    ctx.report.add_section(
+        "behaviour", "Behaviour: shortcuts under pressure, preferences, dose-response",
+        str(beh.get("statement", "Answer-logit experiments; see results.json['behaviour'].")),
+        limits="Scored from answer-letter logits of a 135M model; no judge model.")
+    for name, fig in figures.items():
+        if name.startswith("behaviour"):
+            ctx.report.add_figure(fig, name.replace("_", " "))
+
+
 SECTIONS: dict[str, Callable[[RunContext], None]] = {
     "model": _section_model,
     "corpus": _section_corpus,
@@ -311,6 +402,8 @@ SECTIONS: dict[str, Callable[[RunContext], None]] = {
     "geometry": _section_geometry,
     "scenarios": _section_scenarios,
     "dose_response": _section_dose,
+    "steering": _section_steering,
+    "causality": _section_causality,
 }
 REQUIRED = ("model", "corpus", "registry")
 

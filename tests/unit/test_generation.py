@@ -100,6 +100,7 @@ def test_steering_is_applied_and_removed(tiny_llama):
     (dict(top_p=1.5), InputError, "top_p=1.5"),
     (dict(steering="calm"), SteeringError, "Steering"),
     (dict(steering=[1]), SteeringError, "got a int"),
+    (dict(monitor="calm"), InputError, "monitor must be an EmotionRegistry"),
 ])
 def test_bad_arguments(tiny, kwargs, err, match):
     with pytest.raises(err, match=match):
