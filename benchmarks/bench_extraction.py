@@ -1,0 +1,86 @@
+"""Extraction throughput and memory, measured side by side on the same batches.
+
+- extract_tokens_per_s: tokens per second of ``extract_emotions`` (all layers' hooks, no
+  validation, no neutral pass) on a fixed set of stories;
+- extract_vs_forward: that throughput over a bare forward pass to the same deepest layer on the
+  same batches (goal >= 0.9: the hooks and accumulators cost little);
+- extract_vs_cache_all: over collecting the same sites with ``run_with_cache`` and averaging
+  afterwards (goal >= 2);
+- extract_mem_growth: peak resident memory of an extraction over 4x the stories over that of 1x,
+  each in a fresh process (goal <= 1.05: memory does not grow with the corpus).
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+GOALS = {"extract_vs_forward": ">= 0.9", "extract_vs_cache_all": ">= 2",
+         "extract_mem_growth": "<= 1.05"}
+EMOTIONS = ["happy", "calm", "desperate", "angry", "sad", "afraid"]
+
+_MEM = f"""
+import resource, sys, emolens
+m = emolens.load_model()
+c = emolens.load_corpus()
+texts = {{e: [r.text for r in c.stories(e)][:12] * int(sys.argv[1]) for e in {EMOTIONS!r}}}
+emolens.extract_emotions(m, texts, layers=[4, 10, 16], neutral=[], validate=False, progress=False)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def _peak_kb(times: int) -> int:
+    out = subprocess.run([sys.executable, "-c", _MEM, str(times)], capture_output=True, text=True,
+                         check=True).stdout.split()
+    return int(out[-1])
+
+
+def run(ctx) -> dict[str, float]:
+    import torch
+
+    import emolens
+    from emolens.sites import resolve_sites
+    from emolens.tokens import to_inputs
+
+    model = ctx.model
+    corpus = emolens.load_corpus()
+    texts = {e: [r.text for r in corpus.stories(e)][:16] for e in EMOTIONS}
+    flat = [t for ts in texts.values() for t in ts]
+    flat.sort(key=lambda t: -len(t))  # the same length-sorted batches extraction uses
+    sites = resolve_sites(model, None)
+    names = [s.name for s in sites]
+    batches = [to_inputs(model, flat[i:i + ctx.batch]) for i in range(0, len(flat), ctx.batch)]
+    n_tokens = sum(int(b.attention_mask.sum()) for b in batches)
+
+    def extract() -> None:
+        emolens.extract_emotions(model, texts, neutral=[], validate=False, progress=False,
+                                 batch_size=ctx.batch)
+
+    def forward() -> None:
+        with torch.inference_mode():
+            for b in batches:
+                model(b.tokens, return_type=None, stop_at_layer=len(sites),
+                      **b.forward_kwargs())
+
+    def cache_all() -> None:
+        with torch.inference_mode():
+            for b in batches:
+                _, cache = model.run_with_cache(b.tokens, names_filter=names,
+                                                stop_at_layer=len(sites), **b.forward_kwargs())
+                m = b.content_mask[..., None].float()
+                for n in names:
+                    (cache[n] * m).sum(1) / m.sum(1)
+
+    timings: dict[str, list[float]] = {"extract": [], "forward": [], "cache": []}
+    for _ in range(2):  # interleaved repeats, best of each
+        for key, fn in (("extract", extract), ("forward", forward), ("cache", cache_all)):
+            t0 = time.perf_counter()
+            fn()
+            timings[key].append(time.perf_counter() - t0)
+    t_ex, t_fw, t_ca = (min(timings[k]) for k in ("extract", "forward", "cache"))
+    return {
+        "extract_tokens_per_s": round(n_tokens / t_ex, 1),
+        "extract_vs_forward": round(t_fw / t_ex, 3),
+        "extract_vs_cache_all": round(t_ca / t_ex, 3),
+        "extract_mem_growth": round(_peak_kb(4) / _peak_kb(1), 3),
+    }
