@@ -44,4 +44,5 @@ def run(ctx) -> dict[str, float]:
         "patch_vs_tl": round(t_tl / t_mine, 2),
         "patch_max_abs_diff": float((mine - ref).abs().max()),
         "patch_cells_per_s": round(cells / t_mine, 1),
+        "patch_value_range": round(float(mine.max() - mine.min()), 4),
     }

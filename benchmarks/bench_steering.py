@@ -1,12 +1,12 @@
 """Steering overhead: tokens/s of steered greedy generation over unsteered, same prompts.
 
-Configurations are interleaved within each repeat (plain, then each steered variant) so load on
-a shared machine hits them alike; the figure is the median over repeats of the per-repeat
-ratio. ``steer_step_overhead_pct`` puts the measured cost of one steering hook call and of the
-position tracker's pre-hook beside one decode step: a view of the overhead that load on a
-shared machine does not swamp. The direction is a random unit vector at layer 20 with the
-layer's mean residual norm measured on a few sentences (the cost does not depend on which
-direction it is).
+Configurations are interleaved within each repeat (plain and each steered variant, in an order
+rotated every repeat) so load on a shared machine hits them alike; the figure is the median
+over repeats of the per-repeat ratio. ``steer_step_overhead_pct`` puts the measured cost of one
+steering hook call and of the position tracker's pre-hook beside one decode step: a view of the
+overhead that load on a shared machine does not swamp. The direction is a random unit vector at
+layer 20 with the layer's mean residual norm measured on a few sentences (the cost does not
+depend on which direction it is).
 """
 from __future__ import annotations
 
@@ -61,16 +61,18 @@ def run(ctx) -> dict[str, float]:
             handle.remove()
 
     gen()  # warm-up
+    names = ["plain", *variants]
+    rates: dict[str, list[float]] = {k: [] for k in names}
     ratios: dict[str, list[float]] = {k: [] for k in variants}
-    plain_rates: list[float] = []
-    rates: dict[str, list[float]] = {k: [] for k in variants}
-    for _ in range(REPEATS):
-        plain = gen()
-        plain_rates.append(plain)
-        for name, items in variants.items():
-            r = steered(items)
-            rates[name].append(r)
-            ratios[name].append(r / plain)
+    for rep in range(REPEATS):
+        # rotate the order every repeat so drifting load does not favour a position
+        order = names[rep % len(names):] + names[:rep % len(names)]
+        got = {k: gen() if k == "plain" else steered(variants[k]) for k in order}
+        for k, v in got.items():
+            rates[k].append(v)
+        for k in variants:
+            ratios[k].append(got[k] / got["plain"])
+    plain_rates = rates["plain"]
     out = {"plain_generate_tok_s": round(statistics.median(plain_rates), 1)}
     for name in variants:
         out[f"{name}_vs_plain"] = round(statistics.median(ratios[name]), 3)

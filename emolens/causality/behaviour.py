@@ -220,6 +220,11 @@ def _steer_ctx(model: Any, registry: Any, emotion: str | torch.Tensor, strength:
                  strict=strict)
 
 
+def _logit(p: torch.Tensor) -> torch.Tensor:
+    p = p.clamp(1e-6, 1 - 1e-6)
+    return (p / (1 - p)).log()
+
+
 def _random_unit(d_model: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(int(seed))
     v = torch.randn(d_model, generator=g)
@@ -260,6 +265,12 @@ def shortcut_experiment(
     P(shortcut) with a bootstrap interval, the paired difference from unsteered (interval,
     sign-flip p), the paired difference from the random direction at the same strength, and
     the letter mass (probability of answering with a letter at all).
+
+    Beside P(shortcut), ``shortcut_logodds`` per scenario is the mean over the two orders of
+    logit P(shortcut): a preference for a letter adds to one order and subtracts from the
+    other, so it cancels exactly (the Bradley-Terry preference for the shortcut with the
+    position bias removed). It is more sensitive than the probability when the model mostly
+    answers one letter.
     """
     site = registry.site(layer)
     scen = list(scenarios if scenarios is not None else load_shortcut_scenarios())
@@ -295,21 +306,26 @@ def shortcut_experiment(
                 return _steer_ctx(model, registry, _d, _s, site.layer, strict=strict)
         sc = score_ab(model, batch, letters, steer=steer_f, max_tokens=max_tokens)
         p_short = torch.where(first_mask, sc.p_a, 1 - sc.p_a)
+        lo = _logit(p_short)
         for k, (i, first) in enumerate(meta):
             rows.append({"condition": name, "strength": strength, "scenario": scen[i].id,
                          "kind": scen[i].kind, "shortcut_first": first,
-                         "p_shortcut": float(p_short[k]), "letter_mass": float(sc.mass[k])})
+                         "p_shortcut": float(p_short[k]), "shortcut_logodds": float(lo[k]),
+                         "letter_mass": float(sc.mass[k])})
     seconds = time.perf_counter() - t0
     df = pd.DataFrame(rows)
     per = (df.groupby(["condition", "strength", "scenario"], sort=False)
-           .agg(p_shortcut=("p_shortcut", "mean"), letter_mass=("letter_mass", "mean"))
+           .agg(p_shortcut=("p_shortcut", "mean"), shortcut_logodds=("shortcut_logodds", "mean"),
+                letter_mass=("letter_mass", "mean"))
            .reset_index())
     base = per[per.condition == "unsteered"].set_index("scenario").p_shortcut
+    base_lo = per[per.condition == "unsteered"].set_index("scenario").shortcut_logodds
     order_effect = df[df.condition == "unsteered"].groupby("shortcut_first").p_shortcut.mean()
     summary: dict[str, Any] = {
         "site": site.name, "layer": site.layer, "mean_norm": registry.mean_norm(site.layer),
         "n_scenarios": len(scen), "n_prompts": len(convs), "seconds": round(seconds, 1),
         "unsteered": _est_dict(mean_estimate(base.to_numpy(), seed=seed)),
+        "unsteered_logodds": _est_dict(mean_estimate(base_lo.to_numpy(), seed=seed)),
         "unsteered_by_order": {"shortcut_as_A": float(order_effect.get(True, float("nan"))),
                                "shortcut_as_B": float(order_effect.get(False, float("nan")))},
         "letter_mass_unsteered": float(per[per.condition == "unsteered"].letter_mass.mean()),
@@ -328,18 +344,32 @@ def shortcut_experiment(
                                                            seed=seed)),
             "letter_mass": float(g.letter_mass.mean()),
         }
+        lo_vals = g.set_index("scenario").shortcut_logodds.reindex(base.index)
+        entry["logodds_minus_unsteered"] = _est_dict(
+            paired_difference(lo_vals.to_numpy(), base_lo.to_numpy(), seed=seed))
         r = rand[rand.strength == strength]
         if name != "random" and len(r):
             rv = r.set_index("scenario").p_shortcut.reindex(base.index)
             entry["minus_random_same_strength"] = _est_dict(
                 paired_difference(vals.to_numpy(), rv.to_numpy(), seed=seed))
+            rlo = r.set_index("scenario").shortcut_logodds.reindex(base.index)
+            entry["logodds_minus_random_same_strength"] = _est_dict(
+                paired_difference(lo_vals.to_numpy(), rlo.to_numpy(), seed=seed))
         summary["conditions"].append(entry)
-    for e in emotions:
+    # dose trend: per scenario, least-squares slope of the log-odds on strength (unsteered = 0),
+    # then the mean slope over scenarios (items) with interval and sign-flip p
+    for e in [*emotions, *(["random"] if random_controls else [])]:
         sub = per[per.condition.isin([e, "unsteered"])]
-        if sub.strength.nunique() >= 3:
-            rho = spearman(sub.strength.to_numpy(), sub.p_shortcut.to_numpy(), seed=seed,
-                           n_resamples=500, n_permutations=2000)
-            summary.setdefault("dose_trend", {})[e] = _est_dict(rho)
+        if sub.strength.nunique() < 2:
+            continue
+        slopes = []
+        for _, g in sub.groupby("scenario"):
+            x = g.strength.to_numpy()
+            y = g.shortcut_logodds.to_numpy()
+            xc = x - x.mean()
+            slopes.append(float((xc * (y - y.mean())).sum() / (xc * xc).sum()))
+        summary.setdefault("logodds_slope_per_unit_strength", {})[e] = _est_dict(
+            mean_estimate(slopes, seed=seed))
     fig = _plot_shortcut(per, emotions)
     return BehaviourResult("shortcut under pressure", df, summary, fig, {"per_scenario": per})
 
@@ -538,10 +568,6 @@ def preference_experiment(
     effects: dict[str, Estimate] = {}
     t1 = time.perf_counter()
 
-    def logit(p: torch.Tensor) -> torch.Tensor:
-        p = p.clamp(1e-6, 1 - 1e-6)
-        return (p / (1 - p)).log()
-
     for name, direction in tqdm(conds, desc="preference steering", disable=not progress,
                                 leave=False):
         def steer_f(b: TokenizedBatch, sl: slice, _d: Any = direction) -> Any:
@@ -549,7 +575,7 @@ def preference_experiment(
                               mask=s_mask[sl], strict=strict)
         sc = score_ab(model, s_batch, letters, steer=steer_f, max_tokens=max_tokens)
         choice = torch.where(steered_slot_is_a, sc.p_a, 1 - sc.p_a)
-        d = (logit(choice) - logit(base_choice)) * ELO_SCALE
+        d = (_logit(choice) - _logit(base_choice)) * ELO_SCALE
         per_act = []
         for a in steered:
             sel = which == a

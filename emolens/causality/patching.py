@@ -80,11 +80,12 @@ def _bases(model: Any, directions: DirectionSpec, emotions: Any, layer: Any,
             emotions = reg.emotions
         if isinstance(emotions, (str, Mapping)):
             emotions = [emotions]
+        reg_names = {x.name for x in reg.sites}
         bases = []
         for s in site_list:
-            rows = torch.stack([reg.vector(e, reg.site(s.name if s.name in
-                                                         [x.name for x in reg.sites] else s.layer).layer)
-                                for e in emotions])
+            # the registry's direction at that site, else at the registry's site of that layer
+            where: int | str = s.name if s.name in reg_names else s.layer
+            rows = torch.stack([reg.vector(e, where) for e in emotions])
             bases.append(orthonormal_basis(rows))
         label = ", ".join(e if isinstance(e, str) else str(dict(e)) for e in emotions)
         return site_list, bases, label

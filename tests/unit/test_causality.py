@@ -387,7 +387,7 @@ def test_run_causality_small(tiny):
                "preference_opponents": 1, "preference_activities": acts,
                "preference_emotions": ["calm"], "templates": [t]})
     text = json.dumps(sections)
-    assert "error" not in text
+    assert "\"error\":" not in text
     assert set(sections) == {"causality", "behaviour"}
     assert {"direction_patching", "patching_map", "attribution", "logit_effects"} <= set(
         sections["causality"])
