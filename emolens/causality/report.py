@@ -193,9 +193,13 @@ def run_causality(model: Any, registry: Any, *, quick: bool = True, layer: int |
                   "tokens_compared": [model.tokenizer.decode([ia]), model.tokenizer.decode([ib])],
                   "method": "batched resid_pre patching (emolens.causality.patch_resid_pre), "
                             "equal to transformer_lens.patching.get_act_patch_resid_pre"})
-        last = m.normalized()[:, -1] if abs(m.clean_value - m.corrupted_value) > 1e-8 else None
-        if last is not None:
-            s["recovery_at_last_position_by_layer"] = [round(float(v), 4) for v in last]
+        if abs(m.clean_value - m.corrupted_value) > 1e-8:
+            norm = m.normalized()
+            changed = (cb.tokens[0] != xb.tokens[0]).nonzero().flatten().tolist()
+            s["changed_positions"] = changed
+            for p in changed:
+                s[f"recovery_at_pos{p}_by_layer"] = [round(float(v), 4) for v in norm[:, p]]
+            s["recovery_at_last_position_by_layer"] = [round(float(v), 4) for v in norm[:, -1]]
         return s
 
     part(caus, "patching_map", pmap)

@@ -533,7 +533,8 @@ def test_neutral_loss_and_kl(tiny, reg):
                                            {"role": "assistant", "content": "Red, green, blue."}]]
     plain = neutral_loss(tiny, None, texts)
     b = to_inputs(tiny, texts)
-    logits = tiny(b.tokens, **b.forward_kwargs())
+    with torch.no_grad():
+        logits = tiny(b.tokens, **b.forward_kwargs())
     nll = -logits[:, :-1].log_softmax(-1).gather(-1, b.tokens[:, 1:, None])[..., 0]
     manual = float(nll[b.content_mask[:, 1:]].mean())
     assert abs(plain - manual) < 1e-4
