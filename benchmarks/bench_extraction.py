@@ -6,6 +6,10 @@
   same batches (goal >= 0.9: the hooks and accumulators cost little);
 - extract_vs_cache_all: over collecting the same sites with ``run_with_cache`` and averaging
   afterwards (goal >= 2);
+- extract_bf16_speedup: the same extraction under ``compute_dtype=torch.bfloat16`` (what
+  ``emolens run`` uses) over float32, and extract_bf16_min_cosine: the smallest cosine between a
+  float32 and a bfloat16 direction over every emotion and layer (goal >= 0.999: the faster path
+  gives the same directions);
 - extract_mem_growth: peak resident memory of an extraction over 4x the stories over that of 1x,
   each in a fresh process (goal <= 1.05: memory does not grow with the corpus).
 """
@@ -16,7 +20,7 @@ import sys
 import time
 
 GOALS = {"extract_vs_forward": ">= 0.9", "extract_vs_cache_all": ">= 2",
-         "extract_mem_growth": "<= 1.05"}
+         "extract_mem_growth": "<= 1.05", "extract_bf16_min_cosine": ">= 0.999"}
 EMOTIONS = ["happy", "calm", "desperate", "angry", "sad", "afraid"]
 
 _MEM = f"""
@@ -52,9 +56,16 @@ def run(ctx) -> dict[str, float]:
     batches = [to_inputs(model, flat[i:i + ctx.batch]) for i in range(0, len(flat), ctx.batch)]
     n_tokens = sum(int(b.attention_mask.sum()) for b in batches)
 
+    regs: dict[str, object] = {}
+
     def extract() -> None:
-        emolens.extract_emotions(model, texts, neutral=[], validate=False, progress=False,
-                                 batch_size=ctx.batch)
+        regs["float32"] = emolens.extract_emotions(model, texts, neutral=[], validate=False,
+                                                   progress=False, batch_size=ctx.batch)
+
+    def extract_bf16() -> None:
+        regs["bfloat16"] = emolens.extract_emotions(model, texts, neutral=[], validate=False,
+                                                    progress=False, batch_size=ctx.batch,
+                                                    compute_dtype=torch.bfloat16)
 
     def forward() -> None:
         with torch.inference_mode():
@@ -71,14 +82,20 @@ def run(ctx) -> dict[str, float]:
                 for n in names:
                     (cache[n] * m).sum(1) / m.sum(1)
 
-    timings: dict[str, list[float]] = {"extract": [], "forward": [], "cache": []}
+    timings: dict[str, list[float]] = {"extract": [], "forward": [], "cache": [], "bf16": []}
     for _ in range(2):  # interleaved repeats, best of each
-        for key, fn in (("extract", extract), ("forward", forward), ("cache", cache_all)):
+        for key, fn in (("extract", extract), ("forward", forward), ("cache", cache_all),
+                        ("bf16", extract_bf16)):
             t0 = time.perf_counter()
             fn()
             timings[key].append(time.perf_counter() - t0)
-    t_ex, t_fw, t_ca = (min(timings[k]) for k in ("extract", "forward", "cache"))
+    t_ex, t_fw, t_ca, t_bf = (min(timings[k]) for k in ("extract", "forward", "cache", "bf16"))
+    a, b = regs["float32"], regs["bfloat16"]
+    min_cos = min(float((a.matrix(s.layer) * b.matrix(s.layer)).sum(-1).min())  # type: ignore[attr-defined]
+                  for s in sites)
     return {
+        "extract_bf16_speedup": round(t_ex / t_bf, 3),
+        "extract_bf16_min_cosine": round(min_cos, 5),
         "extract_tokens_per_s": round(n_tokens / t_ex, 1),
         "extract_vs_forward": round(t_fw / t_ex, 3),
         "extract_vs_cache_all": round(t_ca / t_ex, 3),

@@ -47,11 +47,13 @@ def _batches(items: LabelledTexts, batch_size: int
 
 def stream_sites(model: Any, texts: Sequence[TextInput], sites: Sequence[Site],
                  on_batch: Callable[[int, Float[torch.Tensor, "batch pos d_model"], TokenizedBatch], None],
-                 *, padding_side: str = "right") -> None:
+                 *, padding_side: str = "right", compute_dtype: torch.dtype | None = None) -> None:
     """Run ``texts`` (one batch) with hooks at ``sites`` only, stopping after the deepest.
 
-    ``on_batch(site_index, activation, batch)`` is called once per site; nothing is kept.
-    Raises ``ExtractionError`` naming the site when an activation is NaN or infinite.
+    ``on_batch(site_index, activation, batch)`` is called once per site (activation in float32
+    on the CPU); nothing is kept. ``compute_dtype`` runs the forward under ``torch.autocast``
+    with that dtype (e.g. ``torch.bfloat16``). Raises ``ExtractionError`` naming the site when an
+    activation is NaN or infinite.
     """
     batch = to_inputs(model, list(texts), padding_side=padding_side)
     device = next(iter(model.parameters())).device if hasattr(model, "parameters") else None
@@ -69,7 +71,9 @@ def stream_sites(model: Any, texts: Sequence[TextInput], sites: Sequence[Site],
 
     hooks = [(s.name, make_hook(i, s)) for i, s in enumerate(sites)]
     stop = max(s.layer for s in sites) + 1
-    with torch.inference_mode():
+    dev_type = device.type if device is not None else "cpu"
+    with torch.inference_mode(), torch.autocast(dev_type, dtype=compute_dtype or torch.float32,
+                                                enabled=compute_dtype is not None):
         model.run_with_hooks(tokens, fwd_hooks=hooks, return_type=None, stop_at_layer=stop,
                              **kwargs)
 
@@ -80,7 +84,7 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
     return tqdm(total=total, desc=desc, disable=not enabled, unit="text", leave=False)
 
 
-def _from_corpus(corpus: Any, emotions: Sequence[str] | None
+def _from_corpus(corpus: Any, emotions: Sequence[str] | None, max_train: int | None = None
                  ) -> tuple[list[str], LabelledTexts, LabelledTexts, list[TextInput], dict[str, Any]]:
     """Split a Corpus (or a mapping emotion -> texts) into train/validation/neutral."""
     if isinstance(corpus, Mapping):
@@ -89,8 +93,9 @@ def _from_corpus(corpus: Any, emotions: Sequence[str] | None
         for c, e in enumerate(names):
             if e not in corpus:
                 raise InputError(f"emotion {e!r} is not in the given texts {sorted(corpus)}")
-            train.texts += list(corpus[e])
-            train.labels += [c] * len(corpus[e])
+            texts = list(corpus[e])[:max_train]
+            train.texts += texts
+            train.labels += [c] * len(texts)
         return names, train, LabelledTexts([], []), [], {"name": "user-texts", "content_hash": None}
     names = list(emotions or corpus.emotions)
     unknown = [e for e in names if e not in corpus.emotions]
@@ -101,7 +106,7 @@ def _from_corpus(corpus: Any, emotions: Sequence[str] | None
     train, val = LabelledTexts([], []), LabelledTexts([], [])
     counts = {}
     for c, e in enumerate(names):
-        tr = [r.text for r in corpus.stories(e, split="train")]
+        tr = [r.text for r in corpus.stories(e, split="train")][:max_train]
         va = [r.text for r in corpus.stories(e, split="validation")]
         train.texts += tr
         train.labels += [c] * len(tr)
@@ -121,7 +126,9 @@ def extract_emotions(model: Any, corpus: Any = None, *, layers: Any = None,
                      default_layer: int | None = None, shuffle_labels: int | None = None,
                      shuffled_control: bool = True,
                      family: str = "emotion", name: str | None = None, progress: bool = True,
-                     padding_side: str = "right", **method_params: Any) -> EmotionRegistry:
+                     padding_side: str = "right", compute_dtype: torch.dtype | None = None,
+                     max_texts_per_emotion: int | None = None,
+                     **method_params: Any) -> EmotionRegistry:
     """Build an ``EmotionRegistry`` from stimulus text, streaming.
 
     Args:
@@ -142,6 +149,11 @@ def extract_emotions(model: Any, corpus: Any = None, *, layers: Any = None,
         shuffled_control: also fit directions on training labels permuted with seed 0 in the
             same passes (no extra forward) and report their held-out accuracy per layer beside
             the real one (``validation["shuffled_accuracy_by_layer"]``): it must sit at chance.
+        compute_dtype: run every forward pass under ``torch.autocast`` with this dtype
+            (``torch.bfloat16`` is about 1.9x faster on CPUs with AVX512-BF16; the sums stay in
+            float64). ``None`` (default): the model's own dtype. Recorded in the metadata.
+        max_texts_per_emotion: use at most this many training texts per emotion (the first in
+            the corpus's order); validation texts are never capped.
         method_params: passed to the method's factory (e.g. ``neutral_variance=0.5``).
 
     Returns an ``EmotionRegistry`` whose metadata records the model's provenance, sites,
@@ -156,7 +168,15 @@ def extract_emotions(model: Any, corpus: Any = None, *, layers: Any = None,
         from emolens.stimuli import load_corpus
 
         corpus = load_corpus()
-    names, train, val, corpus_neutral, corpus_info = _from_corpus(corpus, emotions)
+    if max_texts_per_emotion is not None and max_texts_per_emotion < 1:
+        raise InputError(f"max_texts_per_emotion must be >= 1 or None, got "
+                         f"{max_texts_per_emotion!r}")
+    if compute_dtype is not None and not (isinstance(compute_dtype, torch.dtype)
+                                          and compute_dtype.is_floating_point):
+        raise InputError(f"compute_dtype must be a floating torch.dtype such as torch.bfloat16 "
+                         f"or None, got {compute_dtype!r}")
+    names, train, val, corpus_neutral, corpus_info = _from_corpus(corpus, emotions,
+                                                                  max_texts_per_emotion)
     if len(names) < 2:
         raise InputError(f"need at least 2 emotions to contrast, got {names}")
     if not train.texts:
@@ -194,7 +214,8 @@ def extract_emotions(model: Any, corpus: Any = None, *, layers: Any = None,
             if control is not None:
                 control.add(i, act, mask, shuffled[idx], count_texts=(i == 0))
 
-        stream_sites(model, texts, sites, on_train, padding_side=padding_side)
+        stream_sites(model, texts, sites, on_train, padding_side=padding_side,
+                     compute_dtype=compute_dtype)
         if algo.needs_features:
             feat_rows.append(torch.stack(per_site, 1))
             feat_labels += labels.tolist()
@@ -207,7 +228,8 @@ def extract_emotions(model: Any, corpus: Any = None, *, layers: Any = None,
             def on_neutral(i: int, act: torch.Tensor, batch: TokenizedBatch) -> None:
                 moments.add(i, act, position_mask(batch, "content"))
 
-            stream_sites(model, chunk, sites, on_neutral, padding_side=padding_side)
+            stream_sites(model, chunk, sites, on_neutral, padding_side=padding_side,
+                         compute_dtype=compute_dtype)
             bar.update(len(chunk))
     bar.close()
     if algo.needs_features:
@@ -236,7 +258,7 @@ def extract_emotions(model: Any, corpus: Any = None, *, layers: Any = None,
     validation: dict[str, Any] = {}
     if validate and val.texts:
         validation = _validate(model, unit, center, sites, names, val, policy, batch_size,
-                               progress, padding_side, controls)
+                               progress, padding_side, controls, compute_dtype)
     chosen_by = "caller"
     if default_layer is None:
         if validation:
@@ -261,6 +283,8 @@ def extract_emotions(model: Any, corpus: Any = None, *, layers: Any = None,
         "default_layer_chosen_by": chosen_by,
         "shuffled_labels_seed": shuffle_labels,
         "batch_size": batch_size,
+        "compute_dtype": str(compute_dtype).replace("torch.", "") if compute_dtype else None,
+        "max_texts_per_emotion": max_texts_per_emotion,
         "seconds": round(time.perf_counter() - t0, 2),
     }
     metadata["model"]["n_layers"] = int(model.cfg.n_layers)
@@ -272,7 +296,8 @@ def extract_emotions(model: Any, corpus: Any = None, *, layers: Any = None,
 def _validate(model: Any, unit: torch.Tensor, center: torch.Tensor, sites: list[Site],
               names: list[str], val: LabelledTexts, policy: str, batch_size: int,
               progress: bool, padding_side: str,
-              controls: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, Any]:
+              controls: tuple[torch.Tensor, torch.Tensor] | None = None,
+              compute_dtype: torch.dtype | None = None) -> dict[str, Any]:
     n_cls = len(names)
     confusion = torch.zeros(len(sites), n_cls, n_cls, dtype=torch.long)
     control_correct = torch.zeros(len(sites), dtype=torch.long)
@@ -288,7 +313,8 @@ def _validate(model: Any, unit: torch.Tensor, center: torch.Tensor, sites: list[
                 cpred = ((means[keep] - controls[1][i]) @ controls[0][i].T).argmax(-1)
                 control_correct[i] += int((cpred == labels[keep]).sum())
 
-        stream_sites(model, texts, sites, on_val, padding_side=padding_side)
+        stream_sites(model, texts, sites, on_val, padding_side=padding_side,
+                     compute_dtype=compute_dtype)
         bar.update(len(texts))
     bar.close()
     correct = confusion.diagonal(dim1=1, dim2=2).sum(-1).double()

@@ -225,3 +225,30 @@ def test_bad_inputs(tiny):
         extract_emotions(tiny, TEXTS, batch_size=0, progress=False)
     with pytest.raises(InputError, match="position policy"):
         extract_emotions(tiny, TEXTS, positions="middle", progress=False)
+
+
+def test_bf16_compute_dtype_agrees_with_float32_and_is_recorded(tiny):
+    ref = extract_emotions(tiny, TEXTS, layers=[1, 3], progress=False, neutral=[])
+    fast = extract_emotions(tiny, TEXTS, layers=[1, 3], progress=False, neutral=[],
+                            compute_dtype=torch.bfloat16)
+    for layer in (1, 3):
+        cos = (ref.matrix(layer) * fast.matrix(layer)).sum(-1)
+        assert cos.min() > 0.99, cos
+        # bf16 really was used: the directions are close but not bit-identical
+        assert not torch.equal(ref.matrix(layer), fast.matrix(layer))
+    assert fast.metadata["compute_dtype"] == "bfloat16"
+    assert ref.metadata["compute_dtype"] is None
+    with pytest.raises(InputError, match="compute_dtype"):
+        extract_emotions(tiny, TEXTS, layers=[1], progress=False, compute_dtype=torch.int8)
+
+
+def test_max_texts_per_emotion_caps_training_texts(tiny):
+    capped = extract_emotions(tiny, TEXTS, layers=[2], progress=False, neutral=[],
+                              max_texts_per_emotion=2)
+    first_two = {e: t[:2] for e, t in TEXTS.items()}
+    cm = _manual_class_means(tiny, first_two, 2)
+    expected = cm - cm.mean(0, keepdim=True)
+    assert torch.allclose(capped.matrix(2), expected / expected.norm(dim=-1, keepdim=True),
+                          atol=1e-5)
+    with pytest.raises(InputError, match="max_texts_per_emotion"):
+        extract_emotions(tiny, TEXTS, layers=[2], progress=False, max_texts_per_emotion=0)
