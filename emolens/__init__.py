@@ -30,6 +30,8 @@ _LAZY: dict[str, str] = {
     "register_method": "emolens.extraction",
     "read_emotions": "emolens.readout",
     "Readout": "emolens.readout",
+    "evaluate": "emolens.readout",
+    "Evaluation": "emolens.readout",
     "load_corpus": "emolens.stimuli",
     "Corpus": "emolens.stimuli",
     "load_affect_ratings": "emolens.stimuli",
@@ -103,6 +105,7 @@ if TYPE_CHECKING:  # pragma: no cover
         provision_default_model,
     )
     from emolens.readout import Readout, hidden_emotion_check, neutral_baseline, read_emotions
+    from emolens.readout.evaluation import Evaluation, evaluate
     from emolens.registry import EmotionRegistry
     from emolens.sites import Site, resolve_site, resolve_sites
     from emolens.steering import Steering, export_control_vector, import_control_vector, steer

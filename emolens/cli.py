@@ -1,4 +1,4 @@
-"""The ``emolens`` command line: ``info``, ``provision``, ``corpus``, ``run``.
+"""The ``emolens`` command line: ``info``, ``provision``, ``corpus``, ``run``, ``evaluate``.
 
 Sub-commands are registered in ``COMMANDS``; each module that adds one keeps its own argument
 parsing in a ``add_arguments(parser)`` / ``main(args)`` pair, so this file stays a dispatcher.
@@ -88,6 +88,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "corpus": ("the bundled stimulus corpus: statistics", "emolens.stimuli.cli:"),
     "run": ("the main job: extract, validate, read, steer, test; writes a report",
             "emolens.pipeline.cli:"),
+    "evaluate": ("accuracy of a saved registry's directions on your own labelled texts",
+                 "emolens.readout.cli:"),
 }
 _LOCAL: dict[str, tuple[Callable[[argparse.ArgumentParser], None],
                         Callable[[argparse.Namespace], int]]] = {

@@ -4,8 +4,8 @@ Every function resamples or permutes *items* (one number per prompt pair, activi
 seeded (the same call gives the same answer), and returns plain floats or an ``Estimate``
 (value, interval, p-value, n). The percentile bootstrap and the sign-flip permutation test are
 TransformerLens's (``transformer_lens.utilities.statistics``); this module adds the two-group
-label permutation, correlations with intervals and p-values, and a soft Elo (Bradley-Terry) fit
-from pairwise preference probabilities.
+label permutation, a label-shuffle test of a classifier's accuracy, correlations with intervals
+and p-values, and a soft Elo (Bradley-Terry) fit from pairwise preference probabilities.
 
 What the numbers mean: a 95% bootstrap interval is the range of the statistic over resampled
 sets of the same items; it says how much the estimate depends on which items were drawn, not how
@@ -36,6 +36,7 @@ _ALTERNATIVES = ("two-sided", "greater", "less")
 __all__ = [
     "EloFit",
     "Estimate",
+    "accuracy_permutation_pvalue",
     "StatsError",
     "bootstrap_ci",
     "mean_estimate",
@@ -179,6 +180,35 @@ def permutation_pvalue(x: ArrayLike, y: ArrayLike | None = None, *, paired: bool
         return sign_flip_pvalue(tx - ty, n_permutations=n_permutations, seed=seed,
                                 alternative=alternative)
     return _label_permutation_pvalue(tx, ty, n_permutations, seed, alternative)
+
+
+def accuracy_permutation_pvalue(predictions: ArrayLike, labels: ArrayLike, *,
+                                n_permutations: int = 10000, seed: int = 0) -> float:
+    """One-sided permutation p-value that a classifier's accuracy beats chance.
+
+    The statistic is accuracy, ``mean(predictions == labels)`` over items; the null shuffles
+    ``labels`` across items (keeping both label and prediction frequencies), and the p-value is
+    ``(hits + 1) / (n_permutations + 1)`` where ``hits`` counts shuffles with accuracy at least
+    the observed one. The smallest possible value is ``1 / (n_permutations + 1)``.
+    """
+    pred = torch.as_tensor(np.asarray(predictions)).long().flatten()
+    lab = torch.as_tensor(np.asarray(labels)).long().flatten()
+    if pred.numel() == 0 or pred.numel() != lab.numel():
+        raise StatsError(f"predictions and labels need one value per item each (and at least "
+                         f"one item), got {pred.numel()} and {lab.numel()}")
+    if n_permutations < 1:
+        raise StatsError(f"n_permutations must be >= 1, got {n_permutations}")
+    n = pred.numel()
+    observed = int((pred == lab).sum())
+    gen = derive_generator(seed, "emolens-accuracy-perm")
+    chunk = max(1, min(1024, (1 << 22) // n))
+    hits = done = 0
+    while done < n_permutations:
+        count = min(chunk, n_permutations - done)
+        perm = torch.argsort(torch.rand(count, n, generator=gen), dim=1)
+        hits += int(((lab[perm] == pred).sum(1) >= observed).sum())
+        done += count
+    return (hits + 1.0) / (n_permutations + 1.0)
 
 
 def mean_estimate(x: ArrayLike, *, confidence: float = 0.95, n_resamples: int = 2000,

@@ -1,6 +1,34 @@
-"""Stage 4: reading emotion directions per token, per layer, per emotion."""
-from emolens.readout.hidden import NeutralBaseline, hidden_emotion_check, neutral_baseline
-from emolens.readout.readout import Readout, project, read_emotions
+"""Stage 4: reading emotion directions per token, per layer, per emotion.
 
-__all__ = ["NeutralBaseline", "Readout", "hidden_emotion_check", "neutral_baseline", "project",
-           "read_emotions"]
+Names load lazily (``emolens.readout.read_emotions`` imports torch only when first used), so the
+``emolens`` command line starts fast.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "Evaluation": "emolens.readout.evaluation",
+    "evaluate": "emolens.readout.evaluation",
+    "load_labelled": "emolens.readout.evaluation",
+    "NeutralBaseline": "emolens.readout.hidden",
+    "hidden_emotion_check": "emolens.readout.hidden",
+    "neutral_baseline": "emolens.readout.hidden",
+    "Readout": "emolens.readout.readout",
+    "project": "emolens.readout.readout",
+    "read_emotions": "emolens.readout.readout",
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'emolens.readout' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

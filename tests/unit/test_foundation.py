@@ -188,3 +188,14 @@ def test_cli_help_lists_commands(capsys):
     assert main([]) == 0
     out = capsys.readouterr().out
     assert "info" in out and "provision" in out
+
+
+def test_command_line_parser_and_package_import_do_not_load_torch():
+    """`emolens --help` and `import emolens` stay fast: torch loads only when a command needs it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, emolens, emolens.cli as c; c.build_parser(); "
+            "print(sorted(m for m in ('torch', 'transformer_lens') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
