@@ -7,6 +7,14 @@ steering hook call and of the position tracker's pre-hook beside one decode step
 overhead that load on a shared machine does not swamp. The direction is a random unit vector at
 layer 20 with the layer's mean residual norm measured on a few sentences (the cost does not
 depend on which direction it is).
+
+``sweep_batched_vs_loop``: the time of a dose-response sweep's generations done the old way (one
+``emolens.generate`` call per strength over the same prompts) over the batched way
+(``sweep_generations``: every strength x prompt a row of one ``generate`` call, each strength a
+``Steering(..., rows=...)``), 5 strengths x 4 chat prompts, greedy, median of per-repeat ratios
+(the two interleaved in alternating order). Both give the same texts
+(``sweep_batched_same_texts``); decoding is memory-bound on a CPU, so one batched call costs
+about one call's time.
 """
 from __future__ import annotations
 
@@ -24,6 +32,9 @@ PROMPTS = [
 LAYER = 20
 NEW_TOKENS = 24
 REPEATS = 5
+SWEEP_STRENGTHS = [-0.1, -0.05, 0.0, 0.05, 0.1]
+SWEEP_PROMPTS = 4
+SWEEP_REPEATS = 3
 
 
 def run(ctx) -> dict[str, float]:
@@ -81,7 +92,55 @@ def run(ctx) -> dict[str, float]:
     step_s = toks.shape[0] / out["plain_generate_tok_s"]  # one decode step of the whole batch
     out["steer_step_overhead_pct"] = round(
         100 * (out["steer_hook_us_per_call"] + out["steer_tracker_us_per_call"]) * 1e-6 / step_s, 3)
+    out.update(sweep_batched_vs_loop(model, LAYER, norm))
     return out
+
+
+def sweep_batched_vs_loop(model, layer: int, norm: float, *, new_tokens: int = NEW_TOKENS,
+                          repeats: int = SWEEP_REPEATS) -> dict[str, float]:
+    """Per-strength ``generate`` calls (the old sweep) over one batched ``sweep_generations``
+    on the same prompts and strengths; ``sweep_batched_same_texts``: the fraction of texts the two
+give alike (1 expected under greedy decoding; float rounding of other batch shapes can flip a
+near-tie)."""
+    import torch
+
+    import emolens
+    from emolens.generation import generate
+    from emolens.registry import EmotionRegistry
+    from emolens.sites import resolve_sites
+    from emolens.steering import Steering, random_direction
+    from emolens.steering.sweep import sweep_generations
+
+    sites = resolve_sites(model, [layer])
+    vec = random_direction(int(model.cfg.d_model), seed=0)
+    reg = EmotionRegistry(vec[None, None].clone(), ["calm"], sites, torch.tensor([float(norm)]),
+                          metadata={"model": emolens.model_provenance(model).to_dict()})
+    chats = [[{"role": "user", "content": p}] for p in PROMPTS[:SWEEP_PROMPTS]]
+
+    def loop() -> list[list[str]]:
+        return [generate(model, chats, max_new_tokens=new_tokens,
+                         steering=None if s == 0 else Steering(reg, {"calm": s}, layer=layer)
+                         ).texts for s in SWEEP_STRENGTHS]
+
+    def batched() -> list[list[str]]:
+        return [g.texts for g in sweep_generations(model, reg, "calm", SWEEP_STRENGTHS, chats,
+                                                   layer=layer, max_new_tokens=new_tokens)]
+
+    a, b = loop(), batched()  # also the warm-up
+    pairs = [(x, y) for xs, ys in zip(a, b) for x, y in zip(xs, ys)]
+    same = sum(x == y for x, y in pairs) / len(pairs)
+    times: dict[str, list[float]] = {"loop": [], "batched": []}
+    for rep in range(repeats):
+        order = [("loop", loop), ("batched", batched)]
+        for name, fn in order if rep % 2 == 0 else order[::-1]:
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    ratios = [a / b for a, b in zip(times["loop"], times["batched"])]
+    return {"sweep_batched_vs_loop": round(statistics.median(ratios), 3),
+            "sweep_loop_s": round(statistics.median(times["loop"]), 2),
+            "sweep_batched_s": round(statistics.median(times["batched"]), 2),
+            "sweep_batched_same_texts": round(same, 3)}
 
 
 def _hook_cost(model, steering, batch: int) -> dict[str, float]:

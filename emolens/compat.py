@@ -10,7 +10,10 @@
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
 try:  # TransformerLens >= 4
@@ -52,6 +55,17 @@ def ensure_kv_cache_compat() -> bool:
     setattr(_update_kv_cache, _KV_SHIM_ATTR, True)
     AttentionBridge._update_kv_cache = _update_kv_cache  # type: ignore[method-assign]
     return True
+
+
+@contextlib.contextmanager
+def silence_known_warnings() -> Iterator[None]:
+    """Hide warnings that TransformerLens 4.x's own generate loop triggers in transformers 5.x
+    and that a user cannot act on (it passes ``past_key_values`` to ``LlamaForCausalLM``, which
+    transformers 5.24 deprecates in favour of ``cache``). Scoped: other warnings still show."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*`past_key_values` is deprecated",
+                                category=FutureWarning)
+        yield
 
 
 def n_layers(model: Any) -> int:

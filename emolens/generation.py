@@ -7,7 +7,8 @@ residual stream at every registry layer for the prompt and each generated token.
 
 Batches are left-padded (``emolens.tokens.to_inputs(..., padding_side="left")``) and passed with
 their attention mask, so each row generates as it would alone; steering positions count from
-each row's first real token (docs/steering.md).
+each row's first real token, and ``Steering(..., rows=[...])`` steers only some rows of the batch
+(docs/steering.md).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 from jaxtyping import Int
 
+from emolens.compat import silence_known_warnings
 from emolens.errors import InputError, SteeringError
 
 
@@ -111,10 +113,13 @@ def generate(model: Any, prompt_or_messages: Any, *, max_new_tokens: int = 40,
 
     Args:
         prompt_or_messages: a string, a chat conversation (list of ``{"role", "content"}``
-            dicts, rendered with the chat template and the assistant turn opened), or a list
-            of those (one batch, left-padded).
+            dicts, rendered with the chat template and the assistant turn opened), a list
+            of those (one batch, left-padded), or a left-padded ``TokenizedBatch`` from
+            ``to_inputs(model, ..., padding_side="left")`` (used as given, e.g. rows picked
+            from a larger batch so that they keep its padding).
         max_new_tokens: tokens to generate per prompt.
-        steering: a ``Steering`` or a list of them, active during generation only.
+        steering: a ``Steering`` or a list of them, active during generation only (each may
+            be limited to some rows of the batch with ``rows=``).
         monitor: an ``EmotionRegistry``: the result carries a ``Readout`` of the (steered)
             residual stream at every registry layer for every prompt and generated token
             (``readout.at(layer)``: ``[batch, pos, emotion]``; scores are projections on the
@@ -127,14 +132,21 @@ def generate(model: Any, prompt_or_messages: Any, *, max_new_tokens: int = 40,
         stop_at_eos: stop a row at the model's end-of-sequence token.
     """
     from emolens.steering.interventions import apply_steering
-    from emolens.tokens import to_inputs
+    from emolens.tokens import TokenizedBatch, to_inputs
 
     _check_settings(max_new_tokens, do_sample, temperature, top_p)
     if monitor is not None and not all(hasattr(monitor, a) for a in ("matrix", "layers", "site")):
         raise InputError(f"monitor must be an EmotionRegistry (to read its directions while "
                          f"generating), got a {type(monitor).__name__}")
     steerings = _as_steerings(steering)
-    batch = to_inputs(model, prompt_or_messages, padding_side="left")
+    if isinstance(prompt_or_messages, TokenizedBatch):
+        batch = prompt_or_messages
+        if len(batch) == 0 or batch.tokens.shape[1] == 0 or not bool(
+                batch.attention_mask[:, -1].all()):  # left padding: every row ends real
+            raise InputError("generate needs a left-padded TokenizedBatch with at least one real "
+                             "token per row: to_inputs(model, prompts, padding_side='left')")
+    else:
+        batch = to_inputs(model, prompt_or_messages, padding_side="left")
     device = _device(model)
     tokens = batch.tokens.to(device)
     prompt_mask = batch.attention_mask.to(device)
@@ -145,7 +157,8 @@ def generate(model: Any, prompt_or_messages: Any, *, max_new_tokens: int = 40,
     try:
         if handle is not None:
             handle.reset()
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+                silence_known_warnings():
             if seed is not None:
                 torch.manual_seed(int(seed))
             out = model.generate(

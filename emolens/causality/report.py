@@ -75,10 +75,21 @@ def _equal_length_pair(model: Any) -> tuple[str, str]:
     raise CausalityError("no built-in minimal pair tokenises to equal lengths on this model")
 
 
+# Sizes. QUICK: a smoke test of every part (about 30 s on 2 CPU cores with the default model);
+# RUN: what ``emolens run`` uses (about 2-3 minutes); FULL: the complete data sets (an hour or
+# more on 2 CPU cores; for a GPU or a patient researcher).
 QUICK_SIZES: dict[str, Any] = {
-    "patch_pairs": 12, "n_placebo": 4, "attribution_prompts": 6, "shortcut_scenarios": 16,
-    "shortcut_strengths": (-0.1, 0.1), "preference_pairs": 240, "preference_opponents": 2,
-    "preference_activities": None, "preference_emotions": None, "templates": None,
+    "patch_pairs": 4, "n_placebo": 2, "attribution_prompts": 4, "shortcut_scenarios": 6,
+    "shortcut_strengths": (0.1,), "preference_pairs": 32, "preference_opponents": 1,
+    "preference_activities": None, "preference_emotions": ("happy", "desperate"),
+    "templates": None,
+}
+RUN_SIZES: dict[str, Any] = {
+    "patch_pairs": 8, "n_placebo": 3, "attribution_prompts": 8, "shortcut_scenarios": 12,
+    "shortcut_strengths": (-0.1, 0.1), "preference_pairs": 96, "preference_opponents": 1,
+    "preference_activities": None,
+    "preference_emotions": ("happy", "calm", "desperate", "angry", "sad", "afraid"),
+    "templates": None,
 }
 FULL_SIZES: dict[str, Any] = {
     "patch_pairs": 24, "n_placebo": 8, "attribution_prompts": 16, "shortcut_scenarios": None,
@@ -105,7 +116,8 @@ def run_causality(model: Any, registry: Any, *, quick: bool = True, layer: int |
     ``sections``: ``{"causality": {...}, "behaviour": {...}}``, JSON-able. ``figures``:
     ``{name: matplotlib.figure.Figure}``. A part that fails records ``{"error": ...}`` and the
     rest still run (``raise_errors=True`` re-raises instead). ``sizes`` overrides entries of
-    ``QUICK_SIZES`` / ``FULL_SIZES`` (e.g. ``{"preference_pairs": 400}``).
+    ``QUICK_SIZES`` / ``FULL_SIZES`` (e.g. ``{"preference_pairs": 400}``); ``emolens run``
+    passes ``RUN_SIZES`` with ``quick=False``.
     """
     size = dict(QUICK_SIZES if quick else FULL_SIZES)
     unknown = set(sizes or {}) - set(size)
@@ -239,10 +251,13 @@ def run_causality(model: Any, registry: Any, *, quick: bool = True, layer: int |
         return res.summary
 
     def preferences() -> dict[str, Any]:
+        steer = size["preference_emotions"]
+        if steer is not None:  # sizes name emotions; keep those this registry has
+            steer = [e for e in steer if e in emos] or None
         res = preference_experiment(
             model, registry, layer=site.layer, n_pairs=size["preference_pairs"],
             n_opponents=int(size["preference_opponents"]),
-            activities=size["preference_activities"], steer_emotions=size["preference_emotions"],
+            activities=size["preference_activities"], steer_emotions=steer,
             seed=seed, progress=progress)
         figures["behaviour_preferences"] = res.figure
         s = res.summary

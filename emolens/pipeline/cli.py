@@ -9,11 +9,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--model", default=None, help="model name or folder (default: offline default)")
     p.add_argument("--emotions", nargs="+", default=None, help="emotions to use (default: all)")
-    p.add_argument("--quick", action="store_true", help="6 emotions, every second layer")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke test: 6 emotions, every second layer, 16 stories per emotion, "
+                        "small steering and causality sizes (under 2 minutes on 2 CPU cores)")
     p.add_argument("--method", default="mean_diff", help="extraction method")
     p.add_argument("--sections", nargs="+", default=None, help="only these report sections")
     p.add_argument("--no-reuse", action="store_true", help="extract again even if cached")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--extraction-dtype", choices=["bfloat16", "float32"], default="bfloat16",
+                   help="autocast dtype of the extraction's forward passes (default bfloat16: "
+                        "about 1.9x faster on CPUs with AVX512-BF16, directions agree with "
+                        "float32 to cosine > 0.999)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -23,6 +29,7 @@ def main(args: argparse.Namespace) -> int:
     results = run(RunConfig(out=args.out, model=args.model, emotions=args.emotions,
                             quick=args.quick, method=args.method, sections=args.sections,
                             reuse_registry=not args.no_reuse, batch_size=args.batch_size,
+                            extraction_dtype=args.extraction_dtype,
                             progress=not args.quiet))
     print(f"report: {args.out / 'report.html'}")
     print(f"results: {args.out / 'results.json'}")

@@ -13,18 +13,40 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 CORE_EMOTIONS = ["happy", "inspired", "loving", "proud", "calm", "desperate", "angry", "guilty",
                  "sad", "afraid", "nervous", "surprised"]
 QUICK_EMOTIONS = ["happy", "calm", "desperate", "angry", "sad", "afraid"]
+QUICK_STORIES = 16  # training stories per emotion in --quick
+QUICK_NEUTRAL = 16  # neutral dialogues for the denoising PCA in --quick
+
+
+def _extraction_dtype(name: str) -> torch.dtype | None:
+    import torch
+
+    from emolens.errors import InputError
+
+    table = {"bfloat16": torch.bfloat16, "float32": None}
+    if name not in table:
+        raise InputError(f"extraction_dtype must be one of {sorted(table)}, got {name!r}")
+    return table[name]
 
 
 @dataclass
 class RunConfig:
-    """Options of the main job. ``quick``: 6 emotions, every second layer, fewer extras."""
+    """Options of the main job.
+
+    ``quick``: 6 emotions, every second layer, 16 training stories per emotion, smoke-test sizes
+    for steering and causality (a check that everything runs, in under 2 minutes on 2 CPU
+    cores; its numbers are noisy). ``extraction_dtype``: the forward passes of the extraction
+    run under ``torch.autocast`` with this dtype ("bfloat16", default: about 1.9x faster on CPUs
+    with AVX512-BF16; directions agree with float32 ones to cosine > 0.999, see
+    benchmarks/bench_extraction.py) or "float32". Everything else runs in the model's dtype.
+    """
 
     out: Path
     model: str | None = None
@@ -33,6 +55,7 @@ class RunConfig:
     method: str = "mean_diff"
     positions: str = "content"
     batch_size: int = 16
+    extraction_dtype: str = "bfloat16"
     progress: bool = True
     reuse_registry: bool = True
     sections: Sequence[str] | None = None
@@ -104,6 +127,7 @@ def _registry_key(ctx: RunContext, layers: list[int]) -> str:
                       "corpus": ctx.corpus.content_hash, "emotions": ctx.corpus.emotions,
                       "method": ctx.config.method, "positions": ctx.config.positions,
                       "layers": layers, "quick": ctx.config.quick,
+                      "extraction_dtype": ctx.config.extraction_dtype,
                       "emolens_registry_format": 1}, sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
@@ -127,11 +151,16 @@ def _section_registry(ctx: RunContext) -> None:
             ctx.log(f"cached registry unusable ({e}); extracting again")
     if reg is None:
         ctx.log(f"extracting {len(ctx.corpus.emotions)} emotions at {len(layers)} layers")
-        # --quick: 64 neutral dialogues for the denoising PCA instead of all of them
-        neutral = [list(r.messages) for r in ctx.corpus.neutral[:64]] if ctx.config.quick else None
+        # --quick: 16 training stories per emotion and 16 neutral dialogues for the denoising
+        # PCA (the validation split is never capped)
+        quick = ctx.config.quick
+        neutral = [list(r.messages) for r in ctx.corpus.neutral[:QUICK_NEUTRAL]] if quick else None
+        dtype = _extraction_dtype(ctx.config.extraction_dtype)
         reg = emolens.extract_emotions(ctx.model, ctx.corpus, layers=layers,
                                        method=ctx.config.method, positions=ctx.config.positions,
                                        batch_size=ctx.config.batch_size, neutral=neutral,
+                                       compute_dtype=dtype,
+                                       max_texts_per_emotion=QUICK_STORIES if quick else None,
                                        progress=ctx.config.progress)
         reg.save(cached)
     ctx.registry = reg
@@ -145,7 +174,10 @@ def _section_registry(ctx: RunContext) -> None:
                                "method": reg.metadata.get("method"),
                                "positions": reg.metadata.get("positions"),
                                "mean_norm": dict(zip(layers_s, reg.mean_norms.tolist())),
-                               "extraction_seconds": reg.metadata.get("seconds")}
+                               "extraction_seconds": reg.metadata.get("seconds"),
+                               "extraction_dtype": reg.metadata.get("compute_dtype") or "float32",
+                               "max_texts_per_emotion": reg.metadata.get("max_texts_per_emotion"),
+                               "neutral_dialogues": reg.metadata.get("neutral", {}).get("texts")}
     ctx.results["validation"] = {**val, "default_layer": reg.default_layer,
                                  "default_layer_accuracy": val["accuracy_by_layer"][str(reg.default_layer)],
                                  "max_shuffled_accuracy": max(shuf) if shuf else None}
@@ -230,6 +262,8 @@ def _section_scenarios(ctx: RunContext) -> None:
                        batch_size=ctx.config.batch_size)
     at = ro.at_reply()
     rows = sorted({s.emotion for s in scen})
+    import torch
+
     mat = torch.stack([at[[i for i, s in enumerate(scen) if s.emotion == e]].mean(0) for e in rows])
     acc, hits, n = diagonal_accuracy(mat.numpy(), rows, reg.emotions)
     per_item = sum(int(reg.emotions[int(at[i].argmax())] == s.emotion) for i, s in enumerate(scen))
@@ -297,6 +331,8 @@ def _section_dose(ctx: RunContext) -> None:
 
 
 def _spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    import torch
+
     xr = torch.tensor(x, dtype=torch.float64).argsort().argsort().double()
     yr = torch.tensor(y, dtype=torch.float64).argsort().argsort().double()
     xr, yr = xr - xr.mean(), yr - yr.mean()
@@ -312,43 +348,91 @@ STEER_PROMPTS = [
 ]
 
 
+def _word_margins(deltas: Any) -> list[float]:
+    """Per steered emotion: its own word's change minus the largest change of another word."""
+    out = []
+    for e in deltas.index:
+        row = deltas.loc[e]
+        out.append(float(row[e] - row.drop(e).max()))
+    return out
+
+
 def _section_steering(ctx: RunContext) -> None:
     import emolens
+    from emolens.stats import mean_estimate, spearman
     from emolens.steering import Steering, emotion_word_test, neutral_loss, plot_sweep, sweep
     from emolens.views import plot_heatmap
 
     reg = ctx.registry
     quick = ctx.config.quick
     emos = [e for e in CORE_EMOTIONS if e in reg.emotions] or reg.emotions
-    out: dict[str, Any] = {"layer": reg.default_layer}
-    neutral_prompts = [list(r.messages)[:1] for r in ctx.corpus.neutral[:4 if quick else 8]]
+    out: dict[str, Any] = {"layer": reg.default_layer, "seconds": {}}
+    t0 = time.perf_counter()
+    neutral_prompts = [list(r.messages)[:1] for r in ctx.corpus.neutral[:2 if quick else 8]]
     wt = emotion_word_test(ctx.model, reg, emos, strength=0.1, prompts=neutral_prompts)
-    out["emotion_word_test"] = wt.to_dict()
+    margins, cmargins = _word_margins(wt.deltas), _word_margins(wt.control_deltas)
+    out["emotion_word_test"] = {
+        **wt.to_dict(),
+        "own_minus_best_other": dict(zip(wt.deltas.index, [round(m, 4) for m in margins])),
+        "mean_own_minus_best_other": mean_estimate(margins, seed=ctx.config.seed).to_dict(),
+        "control_mean_own_minus_best_other": mean_estimate(cmargins,
+                                                          seed=ctx.config.seed).to_dict()}
+    out["seconds"]["word_test"] = round(time.perf_counter() - t0, 1)
+    m_ci = out["emotion_word_test"]["mean_own_minus_best_other"]
+    c_ci = out["emotion_word_test"]["control_mean_own_minus_best_other"]
     ctx.report.add_section(
         "steering", "Steering: does adding a direction raise its own emotion word?",
         f"The study's word test: steer toward each emotion (strength 0.1 x the mean residual norm "
         f"at layer {reg.default_layer}, all positions) and measure how log P(' word') changes "
-        f"after a 'They feel' question. {wt.hits}/{wt.n_emotions} emotions raise their own word "
-        f"more than any other emotion's word; a random direction of equal norm does so for "
-        f"{wt.control_hits}/{wt.n_emotions} (about 1 expected by chance).",
-        limits="Word log-probabilities of a 135M model; single-token word forms only.")
+        f"after a 'They feel' question, over {len(neutral_prompts)} neutral prompts. "
+        f"{wt.hits}/{wt.n_emotions} emotions raise their own word more than any other emotion's "
+        f"word; a random direction of equal norm does so for {wt.control_hits}/{wt.n_emotions} "
+        f"(about 1 expected by chance). Own-word change minus the largest other-word change, "
+        f"mean over emotions: {m_ci['value']:+.2f} nats (95% CI {m_ci['low']:+.2f} to "
+        f"{m_ci['high']:+.2f}); random control {c_ci['value']:+.2f} ({c_ci['low']:+.2f} to "
+        f"{c_ci['high']:+.2f}).",
+        limits="Word log-probabilities of a 135M model; single-token word forms only; the "
+               "interval is over emotions, not prompts.")
     ctx.report.add_figure(plot_heatmap(wt.deltas.values, list(wt.deltas.index),
                                        list(wt.deltas.columns), title="change in log P(word)"),
                           "Rows: steered emotion; columns: emotion word")
+    t0 = time.perf_counter()
     valence_emotion = "happy" if "happy" in reg.emotions else emos[0]
-    strengths = [-0.1, -0.05, 0.0, 0.05, 0.1] if quick else [-0.15, -0.1, -0.05, 0.0, 0.05, 0.1, 0.15]
-    df = sweep(ctx.model, reg, valence_emotion, strengths, STEER_PROMPTS[: 2 if quick else 4],
-               judges=("lexicon",), max_new_tokens=24 if quick else 32, progress=ctx.config.progress)
-    by = df.groupby("strength")
+    strengths = [-0.1, -0.05, 0.0, 0.05, 0.1] if quick else \
+        [-0.15, -0.1, -0.05, 0.0, 0.05, 0.1, 0.15]
+    prompts = STEER_PROMPTS[: 2 if quick else len(STEER_PROMPTS)]
+    df = sweep(ctx.model, reg, valence_emotion, strengths, prompts,
+               judges=("lexicon",), max_new_tokens=16 if quick else 32,
+               progress=ctx.config.progress)
+    per: list[dict[str, Any]] = []
+    for st in strengths:
+        sub = df[df["strength"] == st]
+        row: dict[str, Any] = {"strength": st, "n": len(sub),
+                               "lexicon": mean_estimate(sub["lexicon"].tolist(),
+                                                       seed=ctx.config.seed).to_dict()}
+        if "perplexity" in sub:
+            row["perplexity"] = mean_estimate(sub["perplexity"].tolist(),
+                                             seed=ctx.config.seed).to_dict()
+        per.append(row)
+    means = [r["lexicon"]["value"] for r in per]
+    rho = spearman(df["strength"].tolist(), df["lexicon"].tolist(), seed=ctx.config.seed)
+    monotone = all(b >= a for a, b in zip(means, means[1:]))
     out["valence_sweep"] = {"emotion": valence_emotion, "strengths": strengths,
-                            "lexicon_mean": by["lexicon"].mean().round(4).tolist(),
-                            "perplexity_mean": by["perplexity"].mean().round(3).tolist()
-                            if "perplexity" in df else None}
-    ctx.report.add_text(f"Valence sweep: steering toward '{valence_emotion}' from "
-                        f"{strengths[0]} to {strengths[-1]}; the VADER lexicon judges the text "
-                        "(independent of the model), perplexity under the unsteered model measures "
-                        "fluency.")
+                            "n_prompts": len(prompts), "judge": "VADER compound (lexicon)",
+                            "per_strength": per, "lexicon_mean": [round(m, 4) for m in means],
+                            "monotone_non_decreasing": monotone,
+                            "spearman_strength_vs_lexicon": rho.to_dict()}
+    out["seconds"]["valence_sweep"] = round(time.perf_counter() - t0, 1)
+    ctx.report.add_text(
+        f"Valence sweep: steering toward '{valence_emotion}' at {len(strengths)} strengths from "
+        f"{strengths[0]} to {strengths[-1]} on {len(prompts)} prompts; the VADER lexicon judges "
+        f"the text (independent of the model and of the direction), perplexity under the "
+        f"unsteered model measures fluency. Mean lexicon score by strength: "
+        f"{', '.join(f'{m:+.2f}' for m in means)} (monotone: {'yes' if monotone else 'no'}; "
+        f"Spearman r over generations {rho.value:+.2f}, 95% CI {rho.low:+.2f} to "
+        f"{rho.high:+.2f}).")
     ctx.report.add_figure(plot_sweep(df, "lexicon"), "Dose-response of the lexicon valence judge")
+    t0 = time.perf_counter()
     samples = []
     prompt = STEER_PROMPTS[0]
     for label, spec in (("unsteered", None), ("toward calm", {"calm": 0.1}),
@@ -356,23 +440,30 @@ def _section_steering(ctx: RunContext) -> None:
         if spec and not all(e in reg.emotions for e in spec):
             continue
         steering = Steering(reg, spec) if spec else None
-        g = emolens.generate(ctx.model, prompt, max_new_tokens=40, steering=steering)
+        g = emolens.generate(ctx.model, prompt, max_new_tokens=24 if quick else 40,
+                             steering=steering)
         samples.append({"condition": label, "text": g.text})
     out["samples"] = samples
     ctx.report.add_table(samples, "Sample generations (greedy, same prompt)")
-    try:
-        out["neutral_loss"] = {"unsteered": neutral_loss(ctx.model, None),
-                               "happy+0.1": neutral_loss(ctx.model, Steering(reg, {valence_emotion: 0.1}))}
-    except Exception as e:  # noqa: BLE001
-        out["neutral_loss"] = {"error": str(e)}
+    out["seconds"]["samples"] = round(time.perf_counter() - t0, 1)
+    t0 = time.perf_counter()
+    texts = [list(r.messages) for r in ctx.corpus.neutral[-(4 if quick else 16):]]
+    out["neutral_loss"] = {
+        "texts": len(texts), "unit": "nats per token",
+        "unsteered": round(neutral_loss(ctx.model, None, texts), 4),
+        f"{valence_emotion}+0.1": round(neutral_loss(ctx.model,
+                                                     Steering(reg, {valence_emotion: 0.1}),
+                                                     texts), 4)}
+    out["seconds"]["neutral_loss"] = round(time.perf_counter() - t0, 1)
     ctx.results["steering"] = out
 
 
 def _section_causality(ctx: RunContext) -> None:
-    from emolens.causality.report import run_causality
+    from emolens.causality.report import RUN_SIZES, run_causality
 
-    sections, figures = run_causality(ctx.model, ctx.registry, quick=True, seed=ctx.config.seed,
-                                      progress=ctx.config.progress)
+    sections, figures = run_causality(ctx.model, ctx.registry, quick=ctx.config.quick,
+                                      sizes=None if ctx.config.quick else RUN_SIZES,
+                                      seed=ctx.config.seed, progress=ctx.config.progress)
     ctx.results.update(sections)
     caus, beh = sections.get("causality", {}), sections.get("behaviour", {})
     ctx.report.add_section(

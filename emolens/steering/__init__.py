@@ -1,10 +1,12 @@
 """Steering with emotion directions: interventions, sweeps, causal word tests, control vectors.
 
 ``steer`` / ``Steering`` add, project out or clamp directions at chosen layers and positions
-(strength in units of the site's mean residual-stream norm); ``sweep`` measures dose-response
-with judges independent of the steered direction; ``emotion_word_test`` is the study's "steering
-raises the matching word" check; ``export_control_vector`` writes a llama.cpp control vector.
-See docs/steering.md for units, operations and the position rules with and without KV cache.
+(strength in units of the site's mean residual-stream norm), on every row of the batch or only
+on some (``rows=``); ``sweep`` measures dose-response with judges independent of the steered
+direction, every strength a set of rows of one batched generation; ``emotion_word_test`` is
+the study's "steering raises the matching word" check; ``export_control_vector`` writes a
+llama.cpp control vector. See docs/steering.md for units, operations, rows and the position
+rules with and without KV cache.
 """
 from emolens.steering.control_vectors import (
     control_vector_metadata,
@@ -37,6 +39,7 @@ from emolens.steering.sweep import (
     neutral_loss,
     plot_sweep,
     sweep,
+    sweep_generations,
 )
 
 __all__ = [
@@ -65,5 +68,6 @@ __all__ = [
     "steer",
     "steerings_from_control_vector",
     "sweep",
+    "sweep_generations",
     "word_logprobs",
 ]

@@ -18,17 +18,21 @@ Operations (``op``), with ``r`` the unit direction(s) at the site:
 - ``"ablate_add"``: project the named directions out, then add ``sum_e s_e * mean_norm * r_e``
   (for one direction the same as ``clamp``).
 
-Positions: see ``emolens.steering.positions`` and docs/steering.md. Hooks are plain
-TransformerLens hook functions on the registry's sites (``blocks.{l}.hook_resid_post``); they are
-added to the hook points directly and removed by handle, so hooks the user installed before or
-after are never touched, and ``with steer(...)`` removes them even when the body raises.
+Positions: see ``emolens.steering.positions`` and docs/steering.md. Rows: ``rows=[i, ...]`` (or a
+boolean ``[batch]`` mask) limits an intervention to those rows of the batch, the others stay
+bit-identical to an unsteered run; several steerings on disjoint rows run one batch with a
+different intervention per row (how ``sweep`` runs every strength in one ``generate`` call).
+Hooks are plain TransformerLens hook functions on the registry's sites
+(``blocks.{l}.hook_resid_post``); they are added to the hook points directly and removed by
+handle, so hooks the user installed before or after are never touched, and ``with steer(...)``
+removes them even when the body raises.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from numbers import Real
 from typing import Any
 
@@ -36,7 +40,13 @@ import torch
 from jaxtyping import Float
 
 from emolens.errors import EmolensError, SteeringError, unknown_name_message
-from emolens.steering.positions import PositionPolicy, PositionTracker, parse_positions
+from emolens.steering.positions import (
+    PositionPolicy,
+    PositionTracker,
+    parse_positions,
+    parse_rows,
+    row_index,
+)
 
 OPS = ("add", "ablate", "clamp", "ablate_add")
 VECTOR_NAME = "vector"
@@ -172,6 +182,11 @@ class Steering:
             (pass the site's mean residual norm to get registry units).
         direction_layer: use this layer's direction at every steered site (registry only).
         strict: passed to ``registry.check_model`` (id and weight processing must match).
+        rows: ``None`` (every row of the batch) or the batch rows to change: indices (ints
+            ``>= 0``) or a boolean ``[batch]`` mask. Other rows are left bit-identical to an
+            unsteered run (whatever ``op`` and ``positions``); an index outside the batch the
+            model runs raises ``SteeringError`` at run time. Steerings on disjoint rows can be
+            active together: one batch, a different intervention per row.
     """
 
     source: Any
@@ -183,7 +198,9 @@ class Steering:
     scale: float | int | None = None
     direction_layer: int | None = None
     strict: bool = True
+    rows: Any = None
     _policy: PositionPolicy = field(init=False, repr=False)
+    _rows: tuple[int, ...] | torch.Tensor | None = field(init=False, repr=False)
     _strengths: dict[str, float] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -192,6 +209,7 @@ class Steering:
                 "op", self.op, OPS, "add: push along the direction; ablate: project it out; "
                 "clamp: set its projection; ablate_add: project out then add"))
         object.__setattr__(self, "_policy", parse_positions(self.positions))
+        object.__setattr__(self, "_rows", parse_rows(self.rows))
         object.__setattr__(self, "_strengths", self._parse_spec())
         if self.layer is not None and self.layers is not None:
             raise SteeringError(f"give layer= or layers=, not both (got layer={self.layer!r}, "
@@ -259,6 +277,15 @@ class Steering:
     @property
     def policy(self) -> PositionPolicy:
         return self._policy
+
+    @property
+    def row_selection(self) -> tuple[int, ...] | torch.Tensor | None:
+        """The validated ``rows``: None (every row), sorted unique indices, or a bool mask."""
+        return self._rows
+
+    def with_rows(self, rows: Any) -> Steering:
+        """The same intervention limited to ``rows`` of the batch (see ``rows``)."""
+        return replace(self, rows=rows)
 
     # -- resolution against a model
     def _layer_list(self, model: Any) -> list[Any]:
@@ -363,9 +390,17 @@ class Steering:
         return {"source": src, "op": self.op, "spec": self.strengths,
                 "layer": self.layer, "layers": self.layers,
                 "positions": self._policy.describe(), "scale": self.scale,
-                "direction_layer": self.direction_layer,
+                "direction_layer": self.direction_layer, "rows": self._describe_rows(),
                 "units": "fraction of the mean residual-stream norm at the site"
                 if (_is_registry(self.source) or self.scale is not None) else "raw vector units"}
+
+    def _describe_rows(self) -> list[int] | None:
+        rows = self._rows
+        if rows is None:
+            return None
+        if isinstance(rows, torch.Tensor):
+            return [int(i) for i in rows.nonzero()[:, 0].tolist()]
+        return list(rows)
 
 
 class SteeringHandle:
@@ -392,26 +427,49 @@ class SteeringHandle:
                     hp = hook_dict.get(ed.hook_name)
                     if hp is None:
                         raise SteeringError(f"the model has no hook point {ed.hook_name!r}")
-                    fn = self._make_hook(ed, steering.policy)
+                    fn = self._make_hook(ed, steering.policy, steering.row_selection)
                     self._hooks.append((hp, hp.add_hook(fn, dir="fwd")))
                     self.edits.append(ed)
         except BaseException:
             self.remove()
             raise
 
-    def _make_hook(self, ed: SiteEdit, policy: PositionPolicy) -> Any:
+    def _make_hook(self, ed: SiteEdit, policy: PositionPolicy,
+                   rows: tuple[int, ...] | torch.Tensor | None = None) -> Any:
         tracker = self.tracker
         name = ed.hook_name
+        row_cache: dict[tuple[int, torch.device], torch.Tensor | None] = {}
+
+        def rows_for(batch: int, device: torch.device) -> torch.Tensor | None:
+            """Row indices to edit; None = every row (validated once per batch size)."""
+            key = (batch, device)
+            if key not in row_cache:
+                assert rows is not None
+                idx = row_index(rows, batch, device)
+                row_cache[key] = None if idx.numel() == batch else idx
+            return row_cache[key]
 
         def steering_hook(x: torch.Tensor, *, hook: Any) -> torch.Tensor:
             self.calls += 1
             if x.ndim != 3:
                 raise SteeringError(f"steering expects [batch, pos, d_model] at {name}, got shape "
                                     f"{tuple(x.shape)}")
-            info = tracker.info_for(name, int(x.shape[0]), int(x.shape[1]))
+            batch = int(x.shape[0])
+            idx = None if rows is None else rows_for(batch, x.device)
+            info = tracker.info_for(name, batch, int(x.shape[1]))
             sel = info.select(policy, x.device)
             if sel is False:
                 return x
+            if idx is not None:
+                # only the chosen rows are edited; the others are copied bit for bit
+                if idx.numel() == 0:
+                    return x
+                xs = x.index_select(0, idx)
+                ys = ed.edit(xs)
+                if sel is not None:
+                    assert isinstance(sel, torch.Tensor)
+                    ys = torch.where(sel.index_select(0, idx)[..., None], ys, xs)
+                return x.index_copy(0, idx, ys)
             y = ed.edit(x)
             if sel is None:
                 return y
@@ -463,13 +521,14 @@ def apply_steering(model: Any, steerings: Steering | Sequence[Steering]) -> Stee
 def steer(model: Any, registry_or_vector: Any, spec: Any = None, *, layer: int | str | None = None,
           layers: Any = None, positions: Any = "all", op: str = "add",
           scale: float | int | None = None, direction_layer: int | None = None,
-          strict: bool = True) -> Iterator[SteeringHandle]:
+          strict: bool = True, rows: Any = None) -> Iterator[SteeringHandle]:
     """Steer ``model`` inside a ``with`` block; the hooks are removed on exit, also on errors.
 
     ``with steer(model, reg, {"calm": 0.05, "desperate": -0.05}): model.generate(...)``
     adds ``0.05 * mean_norm * calm - 0.05 * mean_norm * desperate`` at the registry's default
-    layer at every position. See ``Steering`` for every argument. ``registry_or_vector`` may
-    also be a ``Steering`` or a list of them (then leave ``spec`` out).
+    layer at every position; ``rows=[0, 2]`` steers only those rows of the batch. See
+    ``Steering`` for every argument. ``registry_or_vector`` may also be a ``Steering`` or a
+    list of them (then leave ``spec`` out).
     """
     if isinstance(registry_or_vector, Steering) or (
             isinstance(registry_or_vector, (list, tuple)) and registry_or_vector
@@ -482,7 +541,7 @@ def steer(model: Any, registry_or_vector: Any, spec: Any = None, *, layer: int |
             raise SteeringError("steer() needs a spec such as {'calm': 0.05}")
         handle = Steering(registry_or_vector, spec, layer=layer, layers=layers,
                           positions=positions, op=op, scale=scale,
-                          direction_layer=direction_layer, strict=strict).apply(model)
+                          direction_layer=direction_layer, strict=strict, rows=rows).apply(model)
     try:
         yield handle
     finally:

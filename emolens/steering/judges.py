@@ -20,7 +20,8 @@ Judges are small callables selected by name (``JUDGES``); ``register_judge`` add
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,29 +94,46 @@ def word_token_ids(model: Any, word: str) -> list[int]:
 
 
 def word_logprobs(model: Any, contexts: Sequence[tuple[str, bool]], words: Sequence[str], *,
-                  batch_size: int = 16) -> torch.Tensor:
+                  batch_size: int = 16, steerings: Sequence[Any] | None = None,
+                  progress: bool = False) -> torch.Tensor:
     """``[n_contexts, n_words]`` log P(" word" | context): all the word's tokens, summed.
 
     ``contexts`` are ``(text, chat_rendered)`` pairs (a chat-rendered text brings its own first
     token, so no BOS is added). Runs whatever hooks are on the model: call it inside ``steer``
-    to score under steering, outside it for the unsteered model.
+    to score under steering, outside it for the unsteered model. ``steerings``: one
+    ``Steering`` (or None: unsteered) per context, applied to that context's rows of each
+    forward batch only (``Steering.with_rows``), so contexts under different interventions
+    share batches. ``batch_size``: sequences per forward.
     """
     bos_default = bool(getattr(model.cfg, "default_prepend_bos", True))
     ctx_ids = [_ids(model, text, bos=bos_default and not chat) for text, chat in contexts]
     wids = [word_token_ids(model, w) for w in words]
+    if steerings is not None:
+        from emolens.steering.interventions import Steering
+
+        if len(steerings) != len(ctx_ids):
+            raise SteeringError(f"steerings has {len(steerings)} entries for {len(ctx_ids)} "
+                                "contexts; give one Steering (or None) per context")
+        for s in steerings:
+            if s is not None and not isinstance(s, Steering):
+                raise SteeringError(f"steerings holds a {type(s).__name__}; give one Steering "
+                                    "(or None) per context")
     # One sequence per context gives every word's first token; a word of several tokens adds
     # one sequence (context + its leading tokens) for the rest.
     seqs: list[list[int]] = []
+    seq_ctx: list[int] = []  # the context of each sequence
     rows_needed: list[list[int]] = []
     plan: list[tuple[int, int, int, int, int]] = []  # (ctx, word, seq, row, token)
     for ci, ids in enumerate(ctx_ids):
         base = len(seqs)
         seqs.append(ids)
+        seq_ctx.append(ci)
         rows_needed.append([len(ids) - 1])
         for wi, w in enumerate(wids):
             plan.append((ci, wi, base, 0, w[0]))
             if len(w) > 1:
                 seqs.append(ids + w[:-1])
+                seq_ctx.append(ci)
                 rows = list(range(len(ids), len(ids) + len(w) - 1))
                 rows_needed.append(rows)
                 for j in range(len(rows)):
@@ -123,13 +141,16 @@ def word_logprobs(model: Any, contexts: Sequence[tuple[str, bool]], words: Seque
     picked: dict[int, torch.Tensor] = {}  # sequence -> [rows, vocab] log-probabilities
     pad = model.tokenizer.pad_token_id or 0
     device = _device(model)
-    for start in range(0, len(seqs), batch_size):
+    from tqdm.auto import tqdm
+
+    for start in tqdm(range(0, len(seqs), batch_size), desc="word log-probs",
+                      disable=not progress):
         chunk = seqs[start:start + batch_size]
         width = max(len(s) for s in chunk)
         toks = torch.full((len(chunk), width), int(pad), dtype=torch.long)
         for i, s in enumerate(chunk):
             toks[i, :len(s)] = torch.tensor(s)
-        with torch.no_grad():
+        with torch.no_grad(), _rows_steered(model, steerings, seq_ctx[start:start + batch_size]):
             logits = model(toks.to(device), return_type="logits")
         for i in range(len(chunk)):
             idx = torch.tensor(rows_needed[start + i], device=logits.device)
@@ -138,6 +159,30 @@ def word_logprobs(model: Any, contexts: Sequence[tuple[str, bool]], words: Seque
     for ci, wi, si, row, tok in plan:
         out[ci, wi] += picked[si][row, tok]
     return out
+
+
+@contextmanager
+def _rows_steered(model: Any, steerings: Sequence[Any] | None, row_ctx: list[int]
+                  ) -> Iterator[None]:
+    """Apply each context's steering to the rows of this forward batch holding that context."""
+    if steerings is None:
+        yield
+        return
+    groups: dict[int, tuple[Any, list[int]]] = {}
+    for row, ci in enumerate(row_ctx):
+        s = steerings[ci]
+        if s is not None:
+            groups.setdefault(id(s), (s, []))[1].append(row)
+    if not groups:
+        yield
+        return
+    from emolens.steering.interventions import apply_steering
+
+    handle = apply_steering(model, [s.with_rows(rows) for s, rows in groups.values()])
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def _device(model: Any) -> torch.device:

@@ -20,6 +20,9 @@ Conventions (see docs/steering.md):
 - relative position: ``cumsum(attention_mask) - 1``, i.e. counted from each row's first real
   token, so left padding does not shift it. Without a mask, relative position = column.
 - pads (attention mask 0) are never modified, whatever the policy.
+
+Rows: ``parse_rows`` validates a ``Steering``'s ``rows=`` (batch-row indices or a boolean
+``[batch]`` mask); ``row_index`` checks them against the batch the model runs.
 """
 from __future__ import annotations
 
@@ -217,6 +220,63 @@ class ForwardInfo:
                 sel &= real
             return sel if bool(sel.any()) else False
         raise SteeringError(f"unknown position policy {kind!r}")  # pragma: no cover
+
+
+# ---------------------------------------------------------------------------- batch rows
+def parse_rows(rows: Any) -> tuple[int, ...] | torch.Tensor | None:
+    """Validate a ``rows`` argument: None (every row), batch-row indices (an int, a sequence of
+    ints >= 0, a 1-D int tensor) or a boolean ``[batch]`` mask. Whether the indices fit the batch
+    is checked when the model runs (``row_index``)."""
+    if rows is None:
+        return None
+    if isinstance(rows, torch.Tensor):
+        if rows.ndim != 1:
+            raise SteeringError(f"a rows tensor must be 1-D (a boolean [batch] mask or row "
+                                f"indices), got shape {tuple(rows.shape)}")
+        if rows.dtype == torch.bool:
+            return rows.detach().cpu()
+        if rows.is_floating_point() or rows.is_complex():
+            raise SteeringError(f"a rows tensor must be a boolean [batch] mask or int row indices, "
+                                f"got dtype {rows.dtype}")
+        rows = rows.tolist()
+    elif isinstance(rows, bool):
+        raise SteeringError(f"rows={rows!r} is not valid: pass None (every row), a list of batch-row "
+                            "indices or a boolean [batch] mask")
+    elif isinstance(rows, int):
+        rows = [rows]
+    elif not isinstance(rows, Sequence) or isinstance(rows, (str, bytes)):
+        raise SteeringError(f"cannot use rows={rows!r} ({type(rows).__name__}): pass None (every "
+                            "row), a list of batch-row indices or a boolean [batch] mask")
+    values = list(rows)
+    if not values:
+        raise SteeringError("rows=[] selects no row; pass at least one batch-row index or None "
+                            "(every row)")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise SteeringError(f"row index {v!r} ({type(v).__name__}) is not an int; rows are "
+                                "indices into the batch (0 = first row)")
+        if v < 0:
+            raise SteeringError(f"row index {v} is negative; rows are indices into the batch "
+                                "counted from 0")
+    return tuple(sorted({int(v) for v in values}))
+
+
+def row_index(rows: tuple[int, ...] | torch.Tensor, batch: int, device: torch.device
+              ) -> torch.Tensor:
+    """``rows`` as a sorted ``LongTensor`` of batch-row indices for a batch of ``batch`` rows;
+    ``SteeringError`` when an index is out of range or a mask has another length."""
+    if isinstance(rows, torch.Tensor):
+        if rows.shape[0] != batch:
+            raise SteeringError(
+                f"the rows mask has {rows.shape[0]} entries but the model runs a batch of {batch} "
+                "rows; pass a boolean mask [batch] matching the input (or row indices)")
+        return rows.nonzero()[:, 0].to(device)
+    bad = [i for i in rows if i >= batch]
+    if bad:
+        raise SteeringError(
+            f"row index {bad[0]} is out of range: the model runs a batch of {batch} rows "
+            f"(valid rows 0..{batch - 1})")
+    return torch.tensor(rows, dtype=torch.long, device=device)
 
 
 def _past_length(past: Any) -> int:

@@ -2,11 +2,14 @@
 
 - ``sweep``: generate from each prompt at each strength, score every text with judges that do
   not read the steered direction (``emolens.steering.judges``), plus the perplexity of the
-  steered text under the unsteered model; returns a tidy DataFrame. ``plot_sweep`` draws the
-  dose-response with bootstrap intervals over prompts.
+  steered text under the unsteered model; returns a tidy DataFrame. Every strength x prompt is
+  one row of a single ``generate`` batch (``Steering(..., rows=...)`` per strength), so a sweep
+  costs about one generation, not one per strength. ``plot_sweep`` draws the dose-response with
+  bootstrap intervals over prompts.
 - ``emotion_word_test``: the study's check that steering toward an emotion raises the
   probability of its own word after "They feel" more than any other emotion word, with a
-  norm-matched random direction per emotion as the control.
+  norm-matched random direction per emotion as the control (every emotion, every control and
+  the unsteered baseline are rows of the same forward batches).
 - ``neutral_loss`` / ``neutral_kl``: what steering costs on neutral reference text (loss
   while steered; KL from the unsteered next-token distribution).
 
@@ -33,6 +36,7 @@ from emolens.steering.judges import (
     resolve_judges,
     word_logprobs,
 )
+from emolens.tokens import TokenizedBatch
 
 
 def _prompt_label(model: Any, prompt: Any) -> str:
@@ -93,7 +97,7 @@ def sweep(model: Any, registry: Any, emotion: str, strengths: Sequence[float | i
           judges: Sequence[Any] = ("emotion_words", "lexicon"), max_new_tokens: int = 40,
           layer: int | None = None, seed: int = 0, progress: bool = True,
           positions: Any = "all", do_sample: bool = False, words: Sequence[str] | None = None,
-          use_past_kv_cache: bool = True) -> pd.DataFrame:
+          use_past_kv_cache: bool = True, batch_size: int = 32) -> pd.DataFrame:
     """Steer toward ``emotion`` at each strength and judge the text (one row per prompt x
     strength).
 
@@ -101,32 +105,37 @@ def sweep(model: Any, registry: Any, emotion: str, strengths: Sequence[float | i
     ``prompt_index``, ``emotion``, ``layer``, ``strength``, ``text``, ``n_tokens``, one
     column per judge score (``emotion_words``, ``emotion_words_logp``, ``lexicon``, ...), and
     ``perplexity`` (of the steered text under the unsteered model). ``df.attrs`` records the
-    settings. Strength 0 means no hooks at all (the baseline; include it).
+    settings. Strength 0 means no steering at all (the baseline; include it).
 
-    Judges run on the unsteered model after generation (see ``emolens.steering.judges``);
-    ``words`` are the candidate emotion words for the word judge (default: the registry's
-    emotions). ``seed`` seeds sampling when ``do_sample`` (greedy otherwise).
+    Batched: the strengths x prompts are the rows (strength-major) of one ``generate`` call,
+    ``batch_size`` rows at a time, each nonzero strength a ``Steering(..., rows=...)`` on its
+    own rows, the strength-0 rows unsteered. Every row keeps the left padding the prompts get
+    together, so under greedy decoding (the default) the texts and scores equal those of one
+    ``generate`` call per strength. With ``do_sample`` the draw is repeatable for a given
+    ``seed`` and ``batch_size`` but differs from per-strength calls.
+
+    Judges run on the unsteered model after generation, one strength at a time (see
+    ``emolens.steering.judges``); ``words`` are the candidate emotion words for the word judge
+    (default: the registry's emotions). ``seed`` seeds sampling when ``do_sample`` (greedy
+    otherwise).
     """
     from tqdm.auto import tqdm
 
-    from emolens.generation import generate
-
     values = _check_strengths(strengths)
     items = _prompts_list(prompts)
+    _check_batch_size(batch_size)
     if emotion not in registry.emotions:
         Steering(registry, {emotion: 1.0})  # raises SteeringError naming the emotion
     layer_used = registry.default_layer if layer is None else layer
     judge_list = resolve_judges(judges)
     cand = list(words) if words is not None else list(registry.emotions)
+    gens = sweep_generations(model, registry, emotion, values, items, layer=layer_used,
+                             positions=positions, max_new_tokens=max_new_tokens,
+                             do_sample=do_sample, seed=seed,
+                             use_past_kv_cache=use_past_kv_cache, batch_size=batch_size,
+                             progress=progress)
     rows: list[dict[str, Any]] = []
-    gens = []
-    for s in tqdm(values, desc=f"sweep {emotion}", disable=not progress):
-        steering = None if s == 0 else Steering(registry, {emotion: s}, layer=layer_used,
-                                                positions=positions)
-        g = generate(model, items, max_new_tokens=max_new_tokens, steering=steering,
-                     do_sample=do_sample, seed=seed, use_past_kv_cache=use_past_kv_cache)
-        gens.append((s, g))
-    for s, g in tqdm(gens, desc="judging", disable=not progress):
+    for s, g in tqdm(list(zip(values, gens)), desc="judging", disable=not progress):
         inp = JudgeInput(model=model, prompts=items, replies=g.texts, tokens=g.tokens,
                          attention_mask=g.attention_mask, prompt_len=g.prompt_len,
                          emotion=emotion, words=cand)
@@ -146,11 +155,96 @@ def sweep(model: Any, registry: Any, emotion: str, strengths: Sequence[float | i
     df.attrs.update({
         "emotion": emotion, "layer": layer_used, "positions": str(positions),
         "judges": [n for n, _ in judge_list], "words": cand, "max_new_tokens": max_new_tokens,
-        "do_sample": do_sample, "seed": seed,
+        "do_sample": do_sample, "seed": seed, "batch_size": batch_size,
         "units": "strength in fractions of the mean residual-stream norm at the layer",
         "model": getattr(registry, "provenance", {}).get("model_id"),
     })
     return df
+
+
+def _check_batch_size(batch_size: Any) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size={batch_size!r} must be a positive int (rows per forward "
+                         "or generate call)")
+
+
+def _padding_token(model: Any) -> int:
+    """The id ``model.generate(stop_at_eos=True)`` writes into rows that have finished."""
+    tok = getattr(model, "tokenizer", None)
+    tok_eos = getattr(tok, "eos_token_id", None) if tok is not None else None
+    eos = getattr(model.cfg, "eos_token_id", None)
+    if eos is None:
+        eos = tok_eos
+    if isinstance(eos, int):
+        return eos
+    if eos:
+        return int(tok_eos) if tok_eos is not None else int(list(eos)[0])
+    return 0
+
+
+def sweep_generations(model: Any, registry: Any, emotion: str, strengths: Sequence[float | int],
+                      prompts: Any, *, layer: int | None = None, positions: Any = "all",
+                      max_new_tokens: int = 40, do_sample: bool = False, seed: int | None = 0,
+                      use_past_kv_cache: bool = True, batch_size: int = 32,
+                      progress: bool = False) -> list[Any]:
+    """The generations of ``sweep``: one ``Generation`` per strength (rows: the prompts), laid
+    out as one ``generate(model, prompts, steering=Steering(registry, {emotion: s}, ...))`` call
+    per strength would give them (same left padding, same number of generated columns, rows
+    that stopped early filled with the end-of-sequence id), but computed in batches of
+    ``batch_size`` rows (strength-major) with each strength steering only its own rows.
+    Strength 0 rows run unsteered."""
+    from tqdm.auto import tqdm
+
+    from emolens.generation import Generation, generate
+    from emolens.tokens import to_inputs
+
+    values = _check_strengths(strengths)
+    items = _prompts_list(prompts)
+    _check_batch_size(batch_size)
+    layer_used = registry.default_layer if layer is None else layer
+    full = to_inputs(model, items, padding_side="left")  # the layout of every strength's rows
+    n_p, prompt_len = len(items), int(full.tokens.shape[1])
+    base = {k: Steering(registry, {emotion: s}, layer=layer_used, positions=positions)
+            for k, s in enumerate(values) if s != 0}
+    plan = [(k, i) for k in range(len(values)) for i in range(n_p)]
+    texts: list[str] = [""] * len(plan)
+    generated: list[torch.Tensor] = [torch.empty(0, dtype=torch.long)] * len(plan)
+    real = [0] * len(plan)
+    settings: dict[str, Any] = {}
+    starts = range(0, len(plan), batch_size)
+    for start in tqdm(starts, desc=f"sweep {emotion}", disable=not progress):
+        part = plan[start:start + batch_size]
+        pick = torch.tensor([i for _, i in part])
+        sub = TokenizedBatch(full.tokens[pick], full.attention_mask[pick],
+                             full.content_mask[pick], full.reply_pos[pick],
+                             [full.texts[i] for _, i in part], "left")
+        steerings = [base[k].with_rows([j for j, (kk, _) in enumerate(part) if kk == k])
+                     for k in dict.fromkeys(k for k, _ in part) if k in base]
+        g = generate(model, sub, max_new_tokens=max_new_tokens, steering=steerings or None,
+                     do_sample=do_sample, seed=seed, use_past_kv_cache=use_past_kv_cache)
+        settings = dict(g.settings)
+        for j in range(len(part)):
+            texts[start + j] = g.texts[j]
+            generated[start + j] = g.tokens[j, prompt_len:]
+            real[start + j] = int(g.attention_mask[j, prompt_len:].sum())
+    fill = _padding_token(model)
+    out = []
+    for k in range(len(values)):
+        rs = range(k * n_p, (k + 1) * n_p)
+        # one call per strength would stop once all its rows stopped (or at max_new_tokens)
+        width = max(real[r] for r in rs)
+        toks = torch.full((n_p, width), fill, dtype=torch.long)
+        mask = torch.zeros((n_p, width), dtype=torch.long)
+        for j, r in enumerate(rs):
+            row = generated[r][:width]
+            toks[j, :row.shape[0]] = row
+            mask[j, :real[r]] = 1
+        out.append(Generation(
+            texts=[texts[r] for r in rs], tokens=torch.cat([full.tokens, toks], dim=1),
+            prompt_len=prompt_len, attention_mask=torch.cat([full.attention_mask.long(), mask], 1),
+            prompts=list(full.texts), steering=[base[k].describe()] if k in base else [],
+            settings=settings))
+    return out
 
 
 def plot_sweep(df: pd.DataFrame, judge: str = "emotion_words", *, ax: Any = None,
@@ -244,7 +338,7 @@ class EmotionWordTest:
 def emotion_word_test(model: Any, registry: Any, emotions: Sequence[str] | None = None, *,
                       strength: float | int, prompts: Any, layer: int | None = None,
                       control_seed: int = 0, positions: Any = "all",
-                      progress: bool = False) -> EmotionWordTest:
+                      progress: bool = False, batch_size: int = 16) -> EmotionWordTest:
     """Steer toward each emotion on (neutral) prompts and measure how each emotion word's
     log-probability after "They feel" changes under the *steered* model.
 
@@ -252,9 +346,12 @@ def emotion_word_test(model: Any, registry: Any, emotions: Sequence[str] | None 
     A hit is an emotion whose own word rises more than every other word. The control steers a
     random unit direction per emotion (seed ``control_seed + i``) with the same norm
     (``strength * mean_norm``) at the same layer and positions.
-    """
-    from tqdm.auto import tqdm
 
+    Batched: the unsteered baseline, every emotion and every control are rows of the same
+    forward batches (``batch_size`` sequences each), each intervention steering only its own
+    rows (``Steering(..., rows=...)``); the result equals one forward pass per emotion up to
+    float rounding.
+    """
     emos = list(registry.emotions if emotions is None else emotions)
     if len(emos) < 2:
         raise SteeringError(f"the word test needs at least two emotions, got {emos}")
@@ -263,36 +360,33 @@ def emotion_word_test(model: Any, registry: Any, emotions: Sequence[str] | None 
                             "the mean residual norm; the study used about 0.1-0.5 for text)")
     for e in emos:
         Steering(registry, {e: 1.0})  # validates names
+    _check_batch_size(batch_size)
     items = _prompts_list(prompts)
     layer_used = registry.default_layer if layer is None else layer
     mean_norm = float(registry.mean_norm(layer_used))
     contexts = [question_context(model, p) for p in items]
-    base = word_logprobs(model, contexts, emos)
     d_model = int(model.cfg.d_model)
-
-    def run(steering: Steering) -> torch.Tensor:
-        handle = apply_steering(model, steering)
-        try:
-            return (word_logprobs(model, contexts, emos) - base).mean(0)
-        finally:
-            handle.remove()
-
-    rows, ctrl = [], []
-    for i, e in enumerate(tqdm(emos, desc="word test", disable=not progress)):
-        rows.append(run(Steering(registry, {e: float(strength)}, layer=layer_used,
-                                 positions=positions)))
-        rnd = random_direction(d_model, seed=control_seed + i)
-        site = registry.site(layer_used).name
-        ctrl.append(run(Steering(rnd, float(strength), layer=site, scale=mean_norm,
-                                 positions=positions)))
-    deltas = pd.DataFrame(torch.stack(rows).numpy(), index=emos, columns=emos)
-    control = pd.DataFrame(torch.stack(ctrl).numpy(), index=emos, columns=emos)
+    site = registry.site(layer_used).name
+    toward = [Steering(registry, {e: float(strength)}, layer=layer_used, positions=positions)
+              for e in emos]
+    control = [Steering(random_direction(d_model, seed=control_seed + i), float(strength),
+                        layer=site, scale=mean_norm, positions=positions)
+               for i in range(len(emos))]
+    groups: list[Steering | None] = [None, *toward, *control]  # group-major x prompts
+    n_p = len(contexts)
+    lp = word_logprobs(model, contexts * len(groups), emos, batch_size=batch_size,
+                       steerings=[g for g in groups for _ in range(n_p)], progress=progress)
+    lp = lp.reshape(len(groups), n_p, len(emos))
+    delta = (lp[1:] - lp[0]).mean(1)  # [2 * emotions, words]
+    n_e = len(emos)
+    deltas = pd.DataFrame(delta[:n_e].numpy(), index=emos, columns=emos)
+    control_df = pd.DataFrame(delta[n_e:].numpy(), index=emos, columns=emos)
 
     def hits(df: pd.DataFrame) -> int:
         return int(sum(df.loc[e].idxmax() == e for e in df.index))
 
-    return EmotionWordTest(deltas=deltas, hits=hits(deltas), control_deltas=control,
-                           control_hits=hits(control), strength=float(strength),
+    return EmotionWordTest(deltas=deltas, hits=hits(deltas), control_deltas=control_df,
+                           control_hits=hits(control_df), strength=float(strength),
                            layer=int(layer_used), n_prompts=len(items),
                            settings={"positions": str(positions), "control_seed": control_seed})
 

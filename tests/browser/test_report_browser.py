@@ -16,14 +16,14 @@ import json
 import os
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _chromium import CHROMIUM, PROBE
+from _chromium import chromium as _chromium
 
-CHROMIUM = os.environ.get("EMOLENS_CHROMIUM", "/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("EMOLENS_TEST_ARTIFACTS", ROOT / "test-artifacts"))
 HOSTILE = "<img/src=\"x\"/onerror=\"document.title='pwned'\">"
@@ -34,23 +34,6 @@ pytestmark = [
                        reason=f"headless Chromium not found at {CHROMIUM}: install it "
                               "(apt-get install -y chromium) or set EMOLENS_CHROMIUM"),
 ]
-
-# Placed before the views: records script errors, then after 2 s (virtual time) writes what it
-# sees into <body data-probe=...>, which --dump-dom returns.
-PROBE = """<script>
-window.__errs = [];
-window.addEventListener('error', function (e) { window.__errs.push(String(e.message)); });
-setTimeout(function () {
-  var views = document.querySelectorAll('.emolens-cv'), rendered = 0, ok = 0;
-  views.forEach(function (v) { if (v.children.length > 0) rendered++; });
-  var imgs = document.querySelectorAll('figure img');
-  imgs.forEach(function (i) { if (i.complete && i.naturalWidth > 0) ok++; });
-  document.body.setAttribute('data-probe', JSON.stringify({views: views.length,
-    rendered: rendered, images: imgs.length, images_ok: ok, errors: window.__errs,
-    title: document.title}));
-}, 2000);
-</script>"""
-
 
 def _readout():
     from emolens.readout.readout import Readout
@@ -64,15 +47,6 @@ def _readout():
             ["<|im_start|>", "I", " feel", " so", " calm", "."]]
     return Readout(scores * mask[:, :, None, None], ["calm", "afraid", "happy", "sad"],
                    [4, 8, 12], toks, mask, content, torch.tensor([-1, -1]), 8)
-
-
-def _chromium(profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    profile.mkdir(parents=True)
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-           "--no-first-run", "--disable-background-networking", "--disable-component-update",
-           "--disable-sync", f"--user-data-dir={profile}", "--virtual-time-budget=5000",
-           "--enable-logging=stderr", "--v=0", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False)
 
 
 def test_report_renders_offline_in_chromium(tmp_path: Path) -> None:

@@ -78,6 +78,16 @@ def test_batch_rows_match_single_prompts(tiny_llama):
         assert g.texts[i] == generate(tiny_llama, p, max_new_tokens=6, stop_at_eos=False).text
 
 
+def test_a_left_padded_tokenized_batch_is_used_as_given(tiny_llama):
+    prompts = ["hi", "a longer prompt here"]
+    b = to_inputs(tiny_llama, prompts, padding_side="left")
+    g = generate(tiny_llama, b, max_new_tokens=5, stop_at_eos=False)
+    ref = generate(tiny_llama, prompts, max_new_tokens=5, stop_at_eos=False)
+    assert g.tokens.tolist() == ref.tokens.tolist() and g.prompts == ref.prompts
+    with pytest.raises(InputError, match="left-padded TokenizedBatch"):
+        generate(tiny_llama, to_inputs(tiny_llama, prompts), max_new_tokens=2)
+
+
 def test_steering_is_applied_and_removed(tiny_llama):
     reg = make_registry(tiny_llama, seed=3)
     s = Steering(reg, {"calm": 4.0}, layers=[0, 1], positions="generated")

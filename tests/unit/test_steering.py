@@ -566,3 +566,290 @@ def test_cli_parse_spec_and_export(tmp_path, reg, capsys):
     assert list(import_control_vector(tmp_path / "calm.gguf")) == [2, 3]
     assert "direction.N = output of block N" in capsys.readouterr().out
     assert main(parser.parse_args([])) == 0
+
+
+# ---------------------------------------------------------------- rows: per-row steering
+ROW_PROMPTS = ["hello there", "a much longer prompt", "mid size"]
+
+
+def _padded(model):
+    return to_inputs(model, ROW_PROMPTS, padding_side="left")
+
+
+@pytest.mark.parametrize("fixture", ["tiny", "tiny_llama"])
+@pytest.mark.parametrize("op,spec", [
+    ("add", {"calm": 0.7}),
+    ("ablate", ["calm", "happy"]),
+    ("clamp", {"happy": 0.5, "desperate": -0.3}),
+    ("ablate_add", {"calm": 0.4}),
+])
+@pytest.mark.parametrize("positions", ["all", "prompt", [1, -1]])
+def test_rows_change_only_those_rows(fixture, op, spec, positions, request):
+    model = request.getfixturevalue(fixture)
+    registry = make_registry(model, seed=6)
+    b = _padded(model)
+    layer = 1
+    kw = dict(attention_mask=b.attention_mask)
+    name = f"blocks.{layer}.hook_resid_post"
+    base_logits, base = model.run_with_cache(b.tokens, names_filter=[name], **kw)
+    with steer(model, registry, spec, op=op, layer=layer, positions=positions):
+        full_logits, full = model.run_with_cache(b.tokens, names_filter=[name], **kw)
+    with steer(model, registry, spec, op=op, layer=layer, positions=positions, rows=[0, 2]):
+        got_logits, got = model.run_with_cache(b.tokens, names_filter=[name], **kw)
+    # the unsteered row is bit-identical to an unsteered run, at the site and downstream
+    assert torch.equal(got[name][1], base[name][1])
+    assert torch.equal(got_logits[1], base_logits[1])
+    # the steered rows are what steering every row gives them
+    for r in (0, 2):
+        torch.testing.assert_close(got[name][r], full[name][r], atol=1e-5, rtol=0)
+        torch.testing.assert_close(got_logits[r], full_logits[r], atol=1e-4, rtol=0)
+    changed = (got[name] - base[name]).abs().amax(-1) > 0
+    assert changed[[0, 2]].any() and not changed[1].any()
+    assert not changed[~b.attention_mask.bool()].any()  # pads are never modified
+
+
+def test_rows_add_is_exact_and_a_mask_equals_indices(tiny, reg):
+    b = _padded(tiny)
+    layer = reg.default_layer
+    base = resid(tiny, b.tokens, layer, attention_mask=b.attention_mask)
+    with steer(tiny, reg, {"calm": 0.3}, rows=[2]):
+        got = resid(tiny, b.tokens, layer, attention_mask=b.attention_mask)
+    with steer(tiny, reg, {"calm": 0.3}, rows=torch.tensor([False, False, True])):
+        got_mask = resid(tiny, b.tokens, layer, attention_mask=b.attention_mask)
+    assert torch.equal(got, got_mask)
+    real = b.attention_mask[2].bool()  # row 2 is left-padded: pads stay as they are
+    want = base[2, real] + 0.3 * reg.mean_norm(layer) * reg.vector("calm", layer)
+    torch.testing.assert_close(got[2, real], want, atol=1e-6, rtol=0)
+    assert (~real).any() and torch.equal(got[2, ~real], base[2, ~real])
+    assert torch.equal(got[:2], base[:2])
+
+
+def test_disjoint_rows_give_each_row_its_own_intervention(tiny_llama, reg_llama):
+    b = _padded(tiny_llama)
+    kw = dict(attention_mask=b.attention_mask)
+    s1 = Steering(reg_llama, {"calm": 2.0}, layer=1)
+    s2 = Steering(reg_llama, {"happy": -1.5}, layers=[0, 2], positions="prompt")
+    with steer(tiny_llama, [s1.with_rows([0]), s2.with_rows([1, 2])]):
+        got = tiny_llama(b.tokens, **kw)
+    with steer(tiny_llama, s1):
+        want1 = tiny_llama(b.tokens, **kw)
+    with steer(tiny_llama, s2):
+        want2 = tiny_llama(b.tokens, **kw)
+    torch.testing.assert_close(got[0], want1[0], atol=1e-4, rtol=0)
+    torch.testing.assert_close(got[1:], want2[1:], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("fixture", ["tiny", "tiny_llama"])
+@pytest.mark.parametrize("cache", [False, True])
+@pytest.mark.parametrize("kind", ["all", "prompt", "generated", "indices", "mask"])
+def test_rows_positions_are_exact_at_every_decode_step(fixture, cache, kind, request):
+    model = request.getfixturevalue(fixture)
+    registry = make_registry(model, seed=2)
+    batch = to_inputs(model, ["hello there", "a much longer prompt"], padding_side="left")
+    prompt_len, n_new = batch.tokens.shape[1], 5
+    expected, specs = _policies(batch.attention_mask, prompt_len, prompt_len + n_new)
+    for rows in ([1], torch.tensor([True, False])):
+        s = Steering(registry, {"calm": 0.8}, layer=1, positions=specs[kind], rows=rows)
+        calls = _record(model, s, batch.tokens, cache=cache, attention_mask=batch.attention_mask,
+                        n_new=n_new)
+        keep = torch.zeros(2, 1, dtype=torch.bool)
+        keep[s.describe()["rows"]] = True
+        cached = cache and fixture == "tiny_llama"
+        want = _expected_calls(expected[kind] & keep, prompt_len, n_new, cached)
+        assert [c.shape for c in calls] == [w.shape for w in want]
+        for k, (got, exp) in enumerate(zip(calls, want)):
+            assert torch.equal(got, exp), f"rows {rows}, decode step {k}"
+
+
+@pytest.mark.parametrize("fixture", ["tiny", "tiny_llama"])
+@pytest.mark.parametrize("op,spec,positions", [
+    ("add", {"calm": 3.0}, "all"),
+    ("add", {"desperate": 2.0, "happy": -1.0}, "generated"),
+    ("add", {"calm": 3.0}, [1, -1]),
+    ("ablate", ["calm", "happy"], "all"),
+    ("clamp", {"happy": 1.0}, "generated"),
+    ("ablate_add", {"calm": 2.0}, "prompt"),
+])
+def test_rows_greedy_same_with_and_without_kv_cache(fixture, op, spec, positions, request):
+    model = request.getfixturevalue(fixture)
+    registry = make_registry(model, seed=5)
+    batch = to_inputs(model, ["hello there friend", "ok", "a third one"], padding_side="left")
+    kw = dict(max_new_tokens=10, do_sample=False, verbose=False, stop_at_eos=False,
+              attention_mask=batch.attention_mask)
+    s = Steering(registry, spec, op=op, layers=[0, 1], positions=positions)
+    outs = []
+    for cache in (False, True):
+        with steer(model, [s.with_rows([0, 2]), Steering(registry, {"calm": -2.0}, layer=2,
+                                                         rows=[1])]):
+            outs.append(model.generate(batch.tokens, use_past_kv_cache=cache, **kw))
+    assert outs[0].tolist() == outs[1].tolist()
+    with steer(model, s):
+        full = model.generate(batch.tokens, use_past_kv_cache=True, **kw)
+    assert outs[1][[0, 2]].tolist() == full[[0, 2]].tolist()
+
+
+def test_rows_in_generate_leave_other_rows_as_unsteered(tiny_llama, reg_llama):
+    from emolens.generation import generate
+
+    prompts = ["hi", "a longer prompt here", "mid"]
+    s = Steering(reg_llama, {"calm": 4.0}, layers=[0, 1], rows=[1])
+    g = generate(tiny_llama, prompts, max_new_tokens=8, steering=s, stop_at_eos=False,
+                 monitor=reg_llama)
+    plain = generate(tiny_llama, prompts, max_new_tokens=8, stop_at_eos=False)
+    full = generate(tiny_llama, prompts, max_new_tokens=8, stop_at_eos=False,
+                    steering=s.with_rows(None))
+    assert g.tokens[[0, 2]].tolist() == plain.tokens[[0, 2]].tolist()
+    assert g.tokens[1].tolist() == full.tokens[1].tolist()
+    assert g.steering[0]["rows"] == [1]
+    assert g.readout is not None
+
+
+def test_bad_rows(tiny, reg):
+    before = hook_counts(tiny)
+    toks = tiny.to_tokens(["abc", "def"])
+    with pytest.raises(SteeringError, match=r"row index 2 is out of range.*batch of 2 rows"):
+        with steer(tiny, reg, {"calm": 0.1}, rows=[0, 2]):
+            tiny(toks)
+    assert hook_counts(tiny) == before
+    with pytest.raises(SteeringError, match=r"rows mask has 3 entries.*batch of 2"):
+        with steer(tiny, reg, {"calm": 0.1}, rows=torch.tensor([True, False, True])):
+            tiny(toks)
+    from emolens.generation import generate
+
+    with pytest.raises(SteeringError, match=r"row index 5 is out of range.*batch of 1 rows"):
+        generate(tiny, "x", max_new_tokens=2, steering=Steering(reg, {"calm": 0.1}, rows=[5]))
+    assert hook_counts(tiny) == before
+    for rows, match in (([], "selects no row"), ([-1], "negative"), ([1.0], "not an int"),
+                        (True, "not valid"), ("0", "cannot use rows"),
+                        (torch.ones(2, 2, dtype=torch.bool), "1-D"),
+                        (torch.tensor([0.5]), "dtype")):
+        with pytest.raises(SteeringError, match=match):
+            Steering(reg, {"calm": 0.1}, rows=rows)
+    assert Steering(reg, {"calm": 0.1}, rows=[2, 0, 2]).describe()["rows"] == [0, 2]
+    assert Steering(reg, {"calm": 0.1}, rows=torch.tensor([1])).row_selection == (1,)
+
+
+# ---------------------------------------------------------------- batched sweep and word test
+def _loop_sweep(model, registry, emotion, strengths, prompts, *, judges, max_new_tokens, layer,
+                positions):
+    """The sweep as it was before batching: one generate call per strength."""
+    import pandas as pd
+
+    from emolens.generation import generate
+    from emolens.steering.judges import JudgeInput, resolve_judges
+    from emolens.steering.sweep import _prompt_label, sequence_perplexity
+
+    rows, gens = [], []
+    for s in strengths:
+        st = None if s == 0 else Steering(registry, {emotion: float(s)}, layer=layer,
+                                          positions=positions)
+        g = generate(model, prompts, max_new_tokens=max_new_tokens, steering=st, seed=0)
+        gens.append(g)
+        inp = JudgeInput(model=model, prompts=prompts, replies=g.texts, tokens=g.tokens,
+                         attention_mask=g.attention_mask, prompt_len=g.prompt_len,
+                         emotion=emotion, words=list(registry.emotions))
+        scores = {}
+        for _, judge in resolve_judges(judges):
+            scores.update(judge(inp))
+        ppl = sequence_perplexity(model, g.tokens, g.attention_mask, g.prompt_len)
+        n_tok = g.attention_mask[:, g.prompt_len:].sum(-1).tolist()
+        for i, p in enumerate(prompts):
+            row = {"prompt": _prompt_label(model, p), "prompt_index": i, "emotion": emotion,
+                   "layer": layer, "strength": float(s), "text": g.texts[i],
+                   "n_tokens": int(n_tok[i])}
+            row.update({k: float(v[i]) for k, v in scores.items()})
+            row["perplexity"] = ppl[i]
+            rows.append(row)
+    return pd.DataFrame(rows), gens
+
+
+def _eos_registry(model, layer):
+    """A registry whose 'calm' points at the unembedding of the stop token: strong steering at
+    the last prompt token makes a row stop at once, so rows stop at different steps."""
+    reg = make_registry(model, seed=7)
+    dirs = torch.stack([reg.vector(e, lay) for lay in reg.layers for e in EMOTIONS])
+    dirs = dirs.reshape(len(reg.layers), len(EMOTIONS), -1).clone()
+    dirs[layer, 0] = model.W_U[:, model.tokenizer.eos_token_id].detach()
+    return EmotionRegistry(dirs, EMOTIONS, [reg.site(lay) for lay in reg.layers],
+                           torch.tensor([reg.mean_norm(lay) for lay in reg.layers]),
+                           metadata={"model": emolens.model_provenance(model).to_dict()})
+
+
+@pytest.mark.parametrize("fixture", ["tiny", "tiny_llama"])
+@pytest.mark.parametrize("positions,batch_size", [("all", 32), ("generated", 4), ([-1], 5),
+                                                  ([-1], 1)])
+def test_batched_sweep_equals_one_generate_per_strength(fixture, positions, batch_size,
+                                                        request, monkeypatch):
+    import pandas as pd
+
+    from emolens.steering.judges import DirectionJudge
+    from emolens.steering.sweep import sweep, sweep_generations
+
+    model = request.getfixturevalue(fixture)
+    layer = 2
+    registry = _eos_registry(model, layer) if positions == [-1] else make_registry(model, seed=8)
+    strengths = [-1.5, 0, 2.0] if positions != [-1] else [0, 40.0, 0.5]
+    prompts = ["Once upon a time", [{"role": "user", "content": "How are you?"}], "hi",
+               "The weather today is"]
+    judges = ("emotion_words", "lexicon", DirectionJudge(random_direction(64, seed=9), 1,
+                                                         name="probe"))
+    kw = dict(max_new_tokens=6, layer=layer, positions=positions)
+    want, gens = _loop_sweep(model, registry, "calm", strengths, prompts, judges=judges, **kw)
+    calls = []
+    real_generate = type(model).generate
+
+    def counting(self, *a, **k):
+        calls.append(a[0].shape[0])
+        return real_generate(self, *a, **k)
+
+    monkeypatch.setattr(type(model), "generate", counting)
+    got = sweep(model, registry, "calm", strengths, prompts, judges=judges, progress=False,
+                batch_size=batch_size, **kw)
+    n_rows = len(strengths) * len(prompts)
+    assert calls == [min(batch_size, n_rows - i) for i in range(0, n_rows, batch_size)]
+    monkeypatch.undo()
+    pd.testing.assert_frame_equal(got, want, check_exact=True)
+    batched = sweep_generations(model, registry, "calm", strengths, prompts,
+                                batch_size=batch_size, **kw)
+    for g, w in zip(batched, gens):  # token for token, same layout as one call per strength
+        assert g.tokens.tolist() == w.tokens.tolist()
+        assert g.attention_mask.tolist() == w.attention_mask.tolist()
+        assert g.texts == w.texts and g.prompt_len == w.prompt_len
+    if positions == [-1]:  # rows stopped at different steps (batch_size=1: rows of one
+        assert len({g.tokens.shape[1] for g in gens}) > 1  # strength come from several calls)
+
+
+def test_sweep_batch_size_is_checked(tiny, reg):
+    from emolens.steering.sweep import sweep
+
+    with pytest.raises(emolens.errors.InputError, match="batch_size=0"):
+        sweep(tiny, reg, "calm", [0.0], ["x"], batch_size=0, progress=False)
+
+
+def test_batched_word_test_equals_one_forward_per_emotion(tiny, reg):
+    from emolens.steering.judges import question_context, word_logprobs
+    from emolens.steering.sweep import emotion_word_test
+
+    prompts = ["The meeting is at noon.", [{"role": "user", "content": "List three colours."}],
+               "Water boils at 100 degrees."]
+    emos = ["calm", "desperate", "happy"]
+    res = emotion_word_test(tiny, reg, emos, strength=1.0, prompts=prompts, layer=2,
+                            positions="all", control_seed=3)
+    ctx = [question_context(tiny, p) for p in prompts]
+    base = word_logprobs(tiny, ctx, emos)
+    site = reg.site(2).name
+    for i, e in enumerate(emos):
+        with steer(tiny, reg, {e: 1.0}, layer=2):
+            lp = word_logprobs(tiny, ctx, emos)
+        torch.testing.assert_close(torch.tensor(res.deltas.loc[e].to_numpy()),
+                                   (lp - base).mean(0), atol=1e-4, rtol=0)
+        with steer(tiny, random_direction(64, seed=3 + i), 1.0, layer=site,
+                   scale=reg.mean_norm(2)):
+            lp = word_logprobs(tiny, ctx, emos)
+        torch.testing.assert_close(torch.tensor(res.control_deltas.loc[e].to_numpy()),
+                                   (lp - base).mean(0), atol=1e-4, rtol=0)
+    # batch composition does not matter
+    small = emotion_word_test(tiny, reg, emos, strength=1.0, prompts=prompts, layer=2,
+                              control_seed=3, batch_size=3)
+    torch.testing.assert_close(torch.tensor(small.deltas.to_numpy()),
+                               torch.tensor(res.deltas.to_numpy()), atol=1e-4, rtol=0)
