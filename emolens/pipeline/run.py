@@ -345,6 +345,14 @@ STEER_PROMPTS = [
     [{"role": "user", "content": "Describe the room you are in."}],
     [{"role": "user", "content": "What should I cook tonight?"}],
     [{"role": "user", "content": "Write one sentence about the weather."}],
+    [{"role": "user", "content": "How was your weekend?"}],
+    [{"role": "user", "content": "Tell me about the street where you live."}],
+    [{"role": "user", "content": "What did you do at work today?"}],
+    [{"role": "user", "content": "Describe your last train journey."}],
+    [{"role": "user", "content": "What are you planning for tomorrow?"}],
+    [{"role": "user", "content": "Tell me about a meal you had recently."}],
+    [{"role": "user", "content": "What is on your desk right now?"}],
+    [{"role": "user", "content": "Describe a walk in the park."}],
 ]
 
 
@@ -398,9 +406,10 @@ def _section_steering(ctx: RunContext) -> None:
                           "Rows: steered emotion; columns: emotion word")
     t0 = time.perf_counter()
     valence_emotion = "happy" if "happy" in reg.emotions else emos[0]
-    strengths = [-0.1, -0.05, 0.0, 0.05, 0.1] if quick else \
-        [-0.15, -0.1, -0.05, 0.0, 0.05, 0.1, 0.15]
-    prompts = STEER_PROMPTS[: 2 if quick else len(STEER_PROMPTS)]
+    # the study: 0.025-0.1 for behaviour, up to 0.5 for text demos
+    strengths = [-0.2, -0.1, 0.0, 0.1, 0.2] if quick else \
+        [-0.4, -0.2, -0.1, 0.0, 0.1, 0.2, 0.4]
+    prompts = STEER_PROMPTS[: 4 if quick else len(STEER_PROMPTS)]
     df = sweep(ctx.model, reg, valence_emotion, strengths, prompts,
                judges=("lexicon",), max_new_tokens=16 if quick else 32,
                progress=ctx.config.progress)

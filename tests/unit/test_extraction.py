@@ -202,11 +202,22 @@ def test_validation_accuracy_and_shuffled_control(tiny):
     assert val["accuracy_by_layer"][str(reg.default_layer)] == best
     assert reg.metadata["corpus"]["texts"]["sunny"] == {"train": 3, "validation": 1}
     assert set(val["shuffled_accuracy_by_layer"]) == {"0", "1"}
-    shuffled = extract_emotions(tiny, Small(), layers=[0, 1], progress=False, shuffle_labels=0,
-                                shuffled_control=False)
-    assert shuffled.metadata["shuffled_labels_seed"] == 0
-    # the in-pass control is exactly a registry extracted with permuted labels (seed 0)
-    assert shuffled.validation["accuracy_by_layer"] == val["shuffled_accuracy_by_layer"]
+    assert val["shuffled_seeds"] == [0, 1, 2, 3, 4]
+    # each in-pass control is exactly a registry extracted with labels permuted by its seed,
+    # and the reported control accuracy is their mean
+    per_seed = []
+    for k in range(5):
+        shuffled = extract_emotions(tiny, Small(), layers=[0, 1], progress=False,
+                                    shuffle_labels=k, shuffled_control=False)
+        assert shuffled.metadata["shuffled_labels_seed"] == k
+        assert "shuffled_accuracy_by_layer" not in shuffled.validation
+        assert shuffled.validation["accuracy_by_layer"] == val["shuffled_accuracy_by_seed"][str(k)]
+        per_seed.append(shuffled.validation["accuracy_by_layer"])
+    for layer in ("0", "1"):
+        mean = sum(a[layer] for a in per_seed) / 5
+        assert val["shuffled_accuracy_by_layer"][layer] == pytest.approx(mean, abs=1e-4)
+    two = extract_emotions(tiny, Small(), layers=[0], progress=False, shuffled_control=2)
+    assert two.validation["shuffled_seeds"] == [0, 1]
 
 
 def test_non_finite_activations_name_the_site(tiny):
