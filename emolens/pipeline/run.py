@@ -267,22 +267,39 @@ def _section_scenarios(ctx: RunContext) -> None:
     mat = torch.stack([at[[i for i, s in enumerate(scen) if s.emotion == e]].mean(0) for e in rows])
     acc, hits, n = diagonal_accuracy(mat.numpy(), rows, reg.emotions)
     per_item = sum(int(reg.emotions[int(at[i].argmax())] == s.emotion) for i, s in enumerate(scen))
+    # Secondary, added after the first full run showed a few columns (e.g. 'playful') on top of
+    # every row: standardise each readout emotion over the scenarios, which removes a direction's
+    # constant offset at the reply-opening token, and score the same way.
+    z = (at - at.mean(0, keepdim=True)) / at.std(0, keepdim=True).clamp(min=1e-8)
+    zmat = torch.stack([z[[i for i, s in enumerate(scen) if s.emotion == e]].mean(0) for e in rows])
+    zacc, zhits, _ = diagonal_accuracy(zmat.numpy(), rows, reg.emotions)
+    z_item = sum(int(reg.emotions[int(z[i].argmax())] == s.emotion) for i, s in enumerate(scen))
     ctx.results["scenarios"] = {
         "layer": reg.default_layer, "rows": rows, "columns": reg.emotions,
         "matrix": [[round(float(x), 4) for x in r] for r in mat],
         "diagonal_accuracy": acc, "diagonal_hits": hits, "n_rows": n,
         "chance": 1 / len(reg.emotions),
-        "per_scenario_accuracy": per_item / len(scen), "n_scenarios": len(scen)}
+        "per_scenario_accuracy": per_item / len(scen), "n_scenarios": len(scen),
+        "column_standardised": {
+            "note": "post hoc: each readout emotion z-scored over the scenarios before scoring",
+            "diagonal_accuracy": zacc, "diagonal_hits": zhits,
+            "per_scenario_accuracy": z_item / len(scen)}}
     ctx.report.add_section(
         "scenarios", "Implicit scenarios: the reply-opening token",
         f"{len(scen)} user messages that imply an emotion without naming it, read at the token "
         f"that opens the assistant's reply (layer {reg.default_layer}). Rows: the implied "
         f"emotion (mean over its scenarios); columns: the readout. The row's top column is its own "
         f"emotion for {hits}/{n} emotions (chance {1 / len(reg.emotions):.3f} per row); single "
-        f"scenarios: {per_item}/{len(scen)}.",
+        f"scenarios: {per_item}/{len(scen)}. Post hoc, with each readout emotion standardised "
+        f"over the scenarios (removing a direction's constant offset at this token): "
+        f"{zhits}/{n} rows, {z_item}/{len(scen)} single scenarios.",
         limits="Few scenarios per emotion; the readout at one token is noisy on a 135M model.")
     ctx.report.add_figure(plot_scenario_matrix(mat.numpy(), rows, reg.emotions),
                           "Scenario emotion x readout emotion at the reply-opening token")
+    ctx.report.add_figure(plot_scenario_matrix(zmat.numpy(), rows, reg.emotions,
+                                               title="columns standardised over scenarios"),
+                          "The same, each readout emotion standardised over the scenarios "
+                          "(post hoc)")
     idx = list(range(min(3, len(scen))))
     try:
         view = render_tokens(ro, [e for e in rows[:6]], index=idx[0])
