@@ -190,7 +190,8 @@ def _section_registry(ctx: RunContext) -> None:
         f"training stories; each held-out story is classified by the argmax over "
         f"{len(reg.emotions)} emotions of the centred projection of its mean activation. Chance "
         f"is {val['chance']:.3f}. The dashed line is the same recipe with training labels "
-        f"shuffled (seed 0): it must sit at chance. Default layer: **{reg.default_layer}** "
+        f"shuffled (mean over {len(val.get('shuffled_seeds', [])) or 'no'} permutations, fitted "
+        f"in the same pass): it must sit at chance. Default layer: **{reg.default_layer}** "
         f"(accuracy {val['accuracy_by_layer'][str(reg.default_layer)]:.3f}, chosen by "
         f"{reg.metadata.get('default_layer_chosen_by')}).",
         limits="Held-out stories come from the same authors and style as the training stories, "
