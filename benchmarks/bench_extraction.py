@@ -24,19 +24,30 @@ GOALS = {"extract_vs_forward": ">= 0.9", "extract_vs_cache_all": ">= 2",
 EMOTIONS = ["happy", "calm", "desperate", "angry", "sad", "afraid"]
 
 _MEM = f"""
-import resource, sys, emolens
-m = emolens.load_model()
+import resource, sys, torch, emolens
+dev = sys.argv[3] or None
+m = emolens.load_model(sys.argv[2] or None, device=dev)
 c = emolens.load_corpus()
 texts = {{e: [r.text for r in c.stories(e)][:12] * int(sys.argv[1]) for e in {EMOTIONS!r}}}
 emolens.extract_emotions(m, texts, layers=[4, 10, 16], neutral=[], validate=False, progress=False)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+if dev and dev.startswith("cuda") and torch.cuda.max_memory_allocated() > 0:
+    print(torch.cuda.max_memory_allocated() // 1024)  # GPU peak, KiB
+else:
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
-def _peak_kb(times: int) -> int:
-    out = subprocess.run([sys.executable, "-c", _MEM, str(times)], capture_output=True, text=True,
-                         check=True).stdout.split()
+def _peak_kb(times: int, model: str | None, device: str | None) -> int:
+    out = subprocess.run([sys.executable, "-c", _MEM, str(times), model or "", device or ""],
+                         capture_output=True, text=True, check=True).stdout.split()
     return int(out[-1])
+
+
+def _sync(model) -> None:  # GPU work is asynchronous: wait for it before reading the clock
+    import torch
+
+    if next(model.parameters()).device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def run(ctx) -> dict[str, float]:
@@ -54,6 +65,9 @@ def run(ctx) -> dict[str, float]:
     sites = resolve_sites(model, None)
     names = [s.name for s in sites]
     batches = [to_inputs(model, flat[i:i + ctx.batch]) for i in range(0, len(flat), ctx.batch)]
+    dev = next(model.parameters()).device
+    on_dev = [(b.tokens.to(dev), {k: v.to(dev) for k, v in b.forward_kwargs().items()}, b)
+              for b in batches]
     n_tokens = sum(int(b.attention_mask.sum()) for b in batches)
 
     regs: dict[str, object] = {}
@@ -69,18 +83,19 @@ def run(ctx) -> dict[str, float]:
 
     def forward() -> None:
         with torch.inference_mode():
-            for b in batches:
-                model(b.tokens, return_type=None, stop_at_layer=len(sites),
-                      **b.forward_kwargs())
+            for toks, kw, _ in on_dev:
+                model(toks, return_type=None, stop_at_layer=len(sites), **kw)
+        _sync(model)
 
     def cache_all() -> None:
         with torch.inference_mode():
-            for b in batches:
-                _, cache = model.run_with_cache(b.tokens, names_filter=names,
-                                                stop_at_layer=len(sites), **b.forward_kwargs())
-                m = b.content_mask[..., None].float()
+            for toks, kw, b in on_dev:
+                _, cache = model.run_with_cache(toks, names_filter=names,
+                                                stop_at_layer=len(sites), **kw)
+                m = b.content_mask[..., None].float().to(dev)
                 for n in names:
                     (cache[n] * m).sum(1) / m.sum(1)
+        _sync(model)
 
     timings: dict[str, list[float]] = {"extract": [], "forward": [], "cache": [], "bf16": []}
     for _ in range(2):  # interleaved repeats, best of each
@@ -99,5 +114,6 @@ def run(ctx) -> dict[str, float]:
         "extract_tokens_per_s": round(n_tokens / t_ex, 1),
         "extract_vs_forward": round(t_fw / t_ex, 3),
         "extract_vs_cache_all": round(t_ca / t_ex, 3),
-        "extract_mem_growth": round(_peak_kb(4) / _peak_kb(1), 3),
+        "extract_mem_growth": round(_peak_kb(4, ctx.model_name, ctx.device)
+                                    / _peak_kb(1, ctx.model_name, ctx.device), 3),
     }

@@ -24,14 +24,18 @@ def run(ctx) -> dict[str, float]:
     corpus = emolens.load_corpus()
     texts = [r.text for r in corpus.stories()][: ctx.batch]
     batch = to_inputs(model, texts)
+    dev = next(model.parameters()).device
+    toks = batch.tokens.to(dev)
+    kw = {k: v.to(dev) for k, v in batch.forward_kwargs().items()}
 
     def readout() -> None:
         emolens.read_emotions(model, reg, texts, layers="all", batch_size=ctx.batch)
 
     def forward() -> None:
         with torch.inference_mode():
-            model(batch.tokens, return_type=None, stop_at_layer=len(sites),
-                  **batch.forward_kwargs())
+            model(toks, return_type=None, stop_at_layer=len(sites), **kw)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
 
     times: dict[str, list[float]] = {"readout": [], "forward": []}
     for _ in range(3):

@@ -23,9 +23,10 @@ HERE = Path(__file__).parent
 class Context:
     """Shared, lazily loaded state (the default model) and run options for bench modules."""
 
-    def __init__(self, batch: int, device: str | None):
+    def __init__(self, batch: int, device: str | None, model_name: str | None = None):
         self.batch = batch
         self.device = device
+        self.model_name = model_name
         self._model = None
 
     @property
@@ -33,7 +34,7 @@ class Context:
         if self._model is None:
             import emolens
 
-            self._model = emolens.load_model(device=self.device)
+            self._model = emolens.load_model(self.model_name, device=self.device)
         return self._model
 
 
@@ -42,14 +43,19 @@ def main() -> int:
     ap.add_argument("--only", nargs="*", help="bench module names (without bench_ and .py)")
     ap.add_argument("--batch", type=int, default=16, help="batch size for throughput figures")
     ap.add_argument("--device", default=None)
+    ap.add_argument("--model", default=None,
+                    help="model name or folder (default: the embedded default model); a folder "
+                         "made by benchmarks/random_weights_model.py has the default's shape")
     ap.add_argument("--out", default=str(HERE / "results.json"))
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.path.insert(0, str(HERE.parent))
-    ctx = Context(args.batch, args.device)
+    ctx = Context(args.batch, args.device, args.model)
     results: dict[str, object] = {
         "machine": f"{platform.machine()} {os.cpu_count()} cpu",
         "batch": args.batch,
+        "model": args.model or "default",
+        "device": args.device or "cpu",
     }
     goals: dict[str, str] = {}
     for path in sorted(HERE.glob("bench_*.py")):

@@ -180,6 +180,9 @@ def _boot(name: str, hf: Any, tok: Any, device: Any, dtype: torch.dtype) -> Any:
         hf.config.architectures = [type(hf).__name__]
     kwargs: dict[str, Any] = {"hf_model": hf, "tokenizer": tok, "dtype": dtype}
     if device is not None:
+        # boot_transformers does not move a model it is handed: move it first (seen on a GPU:
+        # without this, device="cuda" left the weights on the CPU)
+        hf.to(device)
         kwargs["device"] = device
     return TransformerBridge.boot_transformers(name, **kwargs)
 
