@@ -44,12 +44,13 @@ class ClassMeanAccumulator:
         """Add one batch at one site; returns the per-text means (rows with no selected
         position are zero and are not counted)."""
         means, keep = masked_means(act, mask)
+        means, keep = means.cpu(), keep.cpu()  # reduced on the model's device, then copied
         idx = labels[keep]
         self.sums[site].index_add_(0, idx, means[keep].double())
         if count_texts:
             self.counts.index_add_(0, idx, torch.ones(len(idx), dtype=torch.float64))
-        norms = act.detach().norm(dim=-1)[mask]
-        self.norm_sum[site] += norms.double().sum()
+        norms = act.detach().norm(dim=-1)[mask.to(act.device)]
+        self.norm_sum[site] += norms.double().sum().cpu()
         self.norm_count[site] += norms.numel()
         return means
 
@@ -93,9 +94,9 @@ class MomentAccumulator:
 
     def add(self, site: int, act: Float[torch.Tensor, "batch pos d_model"],
             mask: Bool[torch.Tensor, "batch pos"]) -> None:
-        x = act.detach()[mask].double()
-        self.total[site] += x.sum(0)
-        self.outer[site] += x.T @ x
+        x = act.detach()[mask.to(act.device)].double()
+        self.total[site] += x.sum(0).cpu()
+        self.outer[site] += (x.T @ x).cpu()
         self.count[site] += x.shape[0]
 
     def merge(self, other: MomentAccumulator) -> MomentAccumulator:
@@ -114,7 +115,7 @@ class MomentAccumulator:
 def masked_means(act: Float[torch.Tensor, "batch pos d_model"], mask: Bool[torch.Tensor, "batch pos"]
                  ) -> tuple[Float[torch.Tensor, "batch d_model"], Bool[torch.Tensor, " batch"]]:
     """Mean of ``act`` over the masked positions of each row, and which rows had any."""
-    w = mask.to(act.dtype)
+    w = mask.to(device=act.device, dtype=act.dtype)
     n = w.sum(-1)
     means = (act * w[..., None]).sum(1) / n.clamp(min=1)[:, None]
     return means, n > 0

@@ -51,7 +51,8 @@ def stream_sites(model: Any, texts: Sequence[TextInput], sites: Sequence[Site],
     """Run ``texts`` (one batch) with hooks at ``sites`` only, stopping after the deepest.
 
     ``on_batch(site_index, activation, batch)`` is called once per site (activation in float32
-    on the CPU); nothing is kept. ``compute_dtype`` runs the forward under ``torch.autocast``
+    on the model's device: callers reduce it there and copy only the reduction, which matters on
+    a GPU); nothing is kept. ``compute_dtype`` runs the forward under ``torch.autocast``
     with that dtype (e.g. ``torch.bfloat16``). Raises ``ExtractionError`` naming the site when an
     activation is NaN or infinite.
     """
@@ -66,7 +67,7 @@ def stream_sites(model: Any, texts: Sequence[TextInput], sites: Sequence[Site],
                 raise ExtractionError(
                     f"non-finite activations (NaN or inf) at site {site.name!r} for texts "
                     f"{[str(t)[:40] for t in texts][:3]}...; check the model's dtype and inputs")
-            on_batch(i, act.detach().float().cpu(), batch)
+            on_batch(i, act.detach().float(), batch)
         return hook
 
     hooks = [(s.name, make_hook(i, s)) for i, s in enumerate(sites)]
@@ -313,6 +314,7 @@ def _validate(model: Any, unit: torch.Tensor, center: torch.Tensor, sites: list[
         def on_val(i: int, act: torch.Tensor, batch: TokenizedBatch,
                    labels: torch.Tensor = labels) -> None:
             means, keep = masked_means(act, position_mask(batch, policy))
+            means, keep = means.cpu(), keep.cpu()
             pred = ((means[keep] - center[i]) @ unit[i].T).argmax(-1)
             confusion[i].index_put_((labels[keep], pred), torch.ones(len(pred), dtype=torch.long),
                                     accumulate=True)

@@ -436,6 +436,7 @@ def evaluate(model: Any, registry: EmotionRegistry, texts: Any, labels: Sequence
     for batch_texts, _, idx in _batches(LabelledTexts(chosen, [0] * len(chosen)), batch_size):
         def on_site(i: int, act: torch.Tensor, batch: Any, idx: torch.Tensor = idx) -> None:
             means, keep = masked_means(act, position_mask(batch, policy))
+            means, keep = means.cpu(), keep.cpu()
             scores[i, idx] = (means - centers[i]) @ units[i].T
             if i == 0:
                 has_pos[idx] = keep

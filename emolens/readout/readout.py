@@ -185,10 +185,11 @@ def read_emotions(model: Any, registry: EmotionRegistry, texts: Any, *, layer: i
         rows = slice(start, min(n, start + batch_size))
 
         def on_site(i: int, act: torch.Tensor, sub: Any, rows: slice = rows) -> None:
-            x = act - centers[i]
-            s = x @ mats[i].T
+            x = act - centers[i].to(act.device)
+            s = x @ mats[i].to(act.device).T
             if kind == "cosine":
                 s = s / x.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+            s = s.cpu()  # scored on the model's device; only [batch, pos, emotion] is copied
             w = act.shape[1]  # chunk width: the same rows padded to the chunk's longest
             if padding_side == "right":
                 scores[rows, :w, i] = s
