@@ -27,18 +27,19 @@ def sha256_bytes(data: bytes) -> str:
 
 
 @contextmanager
-def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[Any]]:
-    """Write to a temporary file in the same folder and rename it over ``path`` on success.
-
-    A crash or an exception inside the block leaves any earlier file at ``path`` untouched.
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path in the same folder as ``path``; on success, fsync it, give it the
+    usual permissions and rename it over ``path``. For writers that want a file name (e.g.
+    ``gguf.GGUFWriter``). On an exception the temporary file is removed and any earlier file at
+    ``path`` is untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:  # type: ignore[call-overload]
-            yield f
-            f.flush()
+        yield Path(tmp)
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         umask = os.umask(0)
         os.umask(umask)
@@ -50,6 +51,17 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[An
         except FileNotFoundError:
             pass
         raise
+
+
+@contextmanager
+def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[Any]]:
+    """Write to a temporary file in the same folder and rename it over ``path`` on success.
+
+    A crash or an exception inside the block leaves any earlier file at ``path`` untouched.
+    """
+    with atomic_path(path) as tmp, \
+            open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:  # type: ignore[call-overload]
+        yield f
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:

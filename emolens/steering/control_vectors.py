@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 
 from emolens.errors import FormatError, SteeringError
+from emolens.io import atomic_path
 
 ARCH = "controlvector"
 _TENSOR_RE = re.compile(r"^direction\.(-?\d+)$")
@@ -137,11 +137,8 @@ def export_control_vector(registry: Any, emotion_or_spec: Any, path: str | os.Pa
 def _write(path: Path, vectors: dict[int, np.ndarray], hint: str, meta: dict[str, str]) -> Path:
     import gguf
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        writer = gguf.GGUFWriter(tmp, ARCH)
+    with atomic_path(path) as tmp:
+        writer = gguf.GGUFWriter(str(tmp), ARCH)
         writer.add_string(f"{ARCH}.model_hint", hint)
         writer.add_int32(f"{ARCH}.layer_count", len(vectors))
         for k, v in meta.items():
@@ -152,15 +149,6 @@ def _write(path: Path, vectors: dict[int, np.ndarray], hint: str, meta: dict[str
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
     return path
 
 
