@@ -8,9 +8,10 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch loads only when tensors are saved or read
+    import torch
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
@@ -64,6 +65,57 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[An
         yield f
 
 
+def _strict_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {k!r}")
+        out[k] = v
+    return out
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def read_jsonl(path: str | os.PathLike[str], *, error: type[Exception],
+               strict: bool = False) -> list[tuple[str, Any]]:
+    """Raw values of a JSON-lines file with their locations (``"<path>, line <n>"``).
+
+    Blank lines are skipped; a missing file, a folder, bytes that are not UTF-8 (a BOM on the
+    first line is allowed) or a line that is not one JSON value raise ``error`` (an
+    ``EmolensError`` subclass) naming the file and line. ``strict`` also rejects duplicate keys
+    and the non-standard constants NaN / Infinity.
+    """
+    path = Path(path)
+    try:
+        raw_lines = path.read_bytes().split(b"\n")
+    except FileNotFoundError:
+        raise error(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise error(f"{path}: is a folder, expected a .jsonl file") from None
+    kwargs: dict[str, Any] = ({"object_pairs_hook": _strict_pairs,
+                               "parse_constant": _reject_constant} if strict else {})
+    out: list[tuple[str, Any]] = []
+    for n, raw in enumerate(raw_lines, 1):
+        where = f"{path}, line {n}"
+        try:
+            line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+        except UnicodeDecodeError as e:
+            raise error(f"{where}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line, **kwargs)
+        except json.JSONDecodeError as e:
+            raise error(f"{where}: not valid JSON ({e.msg} at column {e.colno}); each "
+                        "line must hold one JSON object") from None
+        except (ValueError, RecursionError) as e:
+            raise error(f"{where}: not valid JSON ({e})") from None
+        out.append((where, obj))
+    return out
+
+
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Atomically write ``obj`` as indented UTF-8 JSON."""
     with atomic_open(path, "w") as f:
@@ -72,9 +124,7 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
 
 
 def _json_default(o: Any) -> Any:
-    if isinstance(o, torch.Tensor):
-        return o.tolist()
-    if hasattr(o, "tolist"):
+    if hasattr(o, "tolist"):  # torch tensors, numpy arrays and scalars
         return o.tolist()
     if isinstance(o, Path):
         return str(o)

@@ -45,6 +45,7 @@ from emolens.causality._common import (
     slice_batch,
     token_ids,
 )
+from emolens.io import read_jsonl
 from emolens.stats import (
     ELO_SCALE,
     Estimate,
@@ -87,16 +88,13 @@ class Activity:
 
 def _read_jsonl(path: Path, fields: Sequence[str]) -> list[dict[str, Any]]:
     rows = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except ValueError as e:
-            raise CausalityError(f"{path}:{i} is not valid JSON ({e})") from e
+    for where, rec in read_jsonl(path, error=CausalityError):
+        if not isinstance(rec, dict):
+            raise CausalityError(f"{where}: expected a JSON object, got a JSON "
+                                 f"{type(rec).__name__}")
         missing = [f for f in fields if not isinstance(rec.get(f), str) or not rec[f].strip()]
         if missing:
-            raise CausalityError(f"{path}:{i} lacks the text field(s) {missing}")
+            raise CausalityError(f"{where}: lacks the text field(s) {missing}")
         rows.append(rec)
     return rows
 

@@ -29,6 +29,7 @@ import torch
 from jaxtyping import Float, Int
 
 from emolens.errors import FormatError, InputError
+from emolens.io import read_jsonl
 from emolens.registry import EmotionRegistry
 from emolens.tokens import TextInput
 
@@ -489,19 +490,7 @@ def _read_jsonl(path: Path, text_field: str, label_field: str
                 ) -> tuple[list[TextInput], list[str]]:
     texts: list[TextInput] = []
     labels: list[str] = []
-    for n, raw in enumerate(path.read_bytes().splitlines(), start=1):
-        where = f"{path}, line {n}"
-        try:
-            line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
-        except UnicodeDecodeError as e:
-            raise FormatError(f"{where}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise FormatError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); each line "
-                              "must hold one JSON object") from None
+    for where, rec in read_jsonl(path, error=FormatError):
         if not isinstance(rec, dict):
             raise FormatError(f"{where}: expected a JSON object with fields {text_field!r} and "
                               f"{label_field!r}, got a JSON {type(rec).__name__}")

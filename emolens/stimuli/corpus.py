@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from emolens.errors import CorpusError, unknown_name_message
+from emolens.io import read_jsonl as _io_read_jsonl
 from emolens.stimuli.text import ForbiddenMatcher, word_count
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -369,50 +370,13 @@ def _read_forbidden(path: Path) -> dict[str, tuple[str, ...]]:
     return _check_forbidden_mapping(data, str(path))
 
 
-def _strict_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate key {k!r}")
-        out[k] = v
-    return out
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def read_jsonl(path: PathLike) -> list[tuple[str, Any]]:
     """Raw objects of a JSON-lines file with their locations (``"<path>, line <n>"``).
 
-    Blank lines are skipped; anything else that is not one JSON value is a ``CorpusError``.
+    Blank lines are skipped; anything else that is not one JSON value (duplicate keys and
+    NaN/Infinity included) is a ``CorpusError``.
     """
-    path = Path(path)
-    try:
-        raw_lines = path.read_bytes().split(b"\n")
-    except FileNotFoundError:
-        raise CorpusError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise CorpusError(f"{path}: is a folder, expected a .jsonl file") from None
-    out: list[tuple[str, Any]] = []
-    for n, raw in enumerate(raw_lines, 1):
-        where = f"{path}, line {n}"
-        try:
-            line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
-        except UnicodeDecodeError as e:
-            raise CorpusError(f"{where}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line, object_pairs_hook=_strict_pairs,
-                             parse_constant=_reject_constant)
-        except json.JSONDecodeError as e:
-            raise CorpusError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); each "
-                              "line must hold one JSON object") from None
-        except (ValueError, RecursionError) as e:
-            raise CorpusError(f"{where}: not valid JSON ({e})") from None
-        out.append((where, obj))
-    return out
+    return _io_read_jsonl(path, error=CorpusError, strict=True)
 
 
 # --------------------------------------------------------------------------- the corpus
