@@ -223,21 +223,28 @@ def _policies(batch_mask: torch.Tensor, prompt_len: int, total: int):
 @pytest.mark.parametrize("fixture", ["tiny", "tiny_llama"])
 @pytest.mark.parametrize("cache", [False, True])
 @pytest.mark.parametrize("kind", ["all", "prompt", "generated", "indices", "mask"])
-def test_positions_are_exact_at_every_decode_step(fixture, cache, kind, request):
+@pytest.mark.parametrize("rows", [None, [1], "row mask"])
+def test_positions_are_exact_at_every_decode_step(fixture, cache, kind, rows, request):
+    """Each decode step steers exactly the policy's positions, in the selected rows only."""
     model = request.getfixturevalue(fixture)
     registry = make_registry(model, seed=2)
     batch = to_inputs(model, ["hello there", "a much longer prompt"], padding_side="left")
     prompt_len, n_new = batch.tokens.shape[1], 5
     expected, specs = _policies(batch.attention_mask, prompt_len, prompt_len + n_new)
-    s = Steering(registry, {"calm": 0.8}, layer=1, positions=specs[kind])
+    rows_arg = torch.tensor([True, False]) if rows == "row mask" else rows
+    s = Steering(registry, {"calm": 0.8}, layer=1, positions=specs[kind], rows=rows_arg)
     calls = _record(model, s, batch.tokens, cache=cache, attention_mask=batch.attention_mask,
                     n_new=n_new)
+    keep = torch.ones(2, 1, dtype=torch.bool)
+    if rows_arg is not None:
+        keep[:] = False
+        keep[s.describe()["rows"]] = True
     cached = cache and fixture == "tiny_llama"  # the native bridge always re-runs the sequence
-    want = _expected_calls(expected[kind], prompt_len, n_new, cached)
+    want = _expected_calls(expected[kind] & keep, prompt_len, n_new, cached)
     assert [c.shape for c in calls] == [w.shape for w in want]
     for k, (got, exp) in enumerate(zip(calls, want)):
-        assert torch.equal(got, exp), f"decode step {k}: steered {got.nonzero().tolist()}, " \
-                                      f"expected {exp.nonzero().tolist()}"
+        assert torch.equal(got, exp), f"rows {rows}, decode step {k}: steered " \
+                                      f"{got.nonzero().tolist()}, expected {exp.nonzero().tolist()}"
 
 
 def test_positions_are_relative_to_the_first_real_token(tiny_llama):
@@ -637,28 +644,6 @@ def test_disjoint_rows_give_each_row_its_own_intervention(tiny_llama, reg_llama)
         want2 = tiny_llama(b.tokens, **kw)
     torch.testing.assert_close(got[0], want1[0], atol=1e-4, rtol=0)
     torch.testing.assert_close(got[1:], want2[1:], atol=1e-4, rtol=0)
-
-
-@pytest.mark.parametrize("fixture", ["tiny", "tiny_llama"])
-@pytest.mark.parametrize("cache", [False, True])
-@pytest.mark.parametrize("kind", ["all", "prompt", "generated", "indices", "mask"])
-def test_rows_positions_are_exact_at_every_decode_step(fixture, cache, kind, request):
-    model = request.getfixturevalue(fixture)
-    registry = make_registry(model, seed=2)
-    batch = to_inputs(model, ["hello there", "a much longer prompt"], padding_side="left")
-    prompt_len, n_new = batch.tokens.shape[1], 5
-    expected, specs = _policies(batch.attention_mask, prompt_len, prompt_len + n_new)
-    for rows in ([1], torch.tensor([True, False])):
-        s = Steering(registry, {"calm": 0.8}, layer=1, positions=specs[kind], rows=rows)
-        calls = _record(model, s, batch.tokens, cache=cache, attention_mask=batch.attention_mask,
-                        n_new=n_new)
-        keep = torch.zeros(2, 1, dtype=torch.bool)
-        keep[s.describe()["rows"]] = True
-        cached = cache and fixture == "tiny_llama"
-        want = _expected_calls(expected[kind] & keep, prompt_len, n_new, cached)
-        assert [c.shape for c in calls] == [w.shape for w in want]
-        for k, (got, exp) in enumerate(zip(calls, want)):
-            assert torch.equal(got, exp), f"rows {rows}, decode step {k}"
 
 
 @pytest.mark.parametrize("fixture", ["tiny", "tiny_llama"])
