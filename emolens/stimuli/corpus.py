@@ -132,14 +132,20 @@ def _utf8(v: str, where: str, field: str) -> None:
                                  "use real characters") from None
 
 
-def _name_field(obj: Mapping[Any, Any], field: str, where: str) -> str:
-    """A short identifier-like string: non-empty, no surrounding whitespace, one line."""
+def _string_field(obj: Mapping[Any, Any], field: str, where: str, if_empty: str) -> str:
+    """A string field that is valid UTF-8 and not blank (``if_empty``: the fix to suggest)."""
     v = obj[field]
     if not isinstance(v, str):
         raise _err(where, field, f"must be a string, got {_type_name(v)} {v!r:.60}")
     _utf8(v, where, field)
     if not v.strip():
-        raise _err(where, field, "is empty; give a non-empty string")
+        raise _err(where, field, if_empty)
+    return v
+
+
+def _name_field(obj: Mapping[Any, Any], field: str, where: str) -> str:
+    """A short identifier-like string: non-empty, no surrounding whitespace, one line."""
+    v = _string_field(obj, field, where, "is empty; give a non-empty string")
     if v != v.strip() or "\n" in v or "\r" in v:
         raise _err(where, field, f"{v!r:.60} has surrounding whitespace or a line break; "
                                  "remove it")
@@ -147,13 +153,7 @@ def _name_field(obj: Mapping[Any, Any], field: str, where: str) -> str:
 
 
 def _text_field(obj: Mapping[Any, Any], field: str, where: str) -> str:
-    v = obj[field]
-    if not isinstance(v, str):
-        raise _err(where, field, f"must be a string, got {_type_name(v)} {v!r:.60}")
-    _utf8(v, where, field)
-    if not v.strip():
-        raise _err(where, field, "is empty or whitespace; write the text")
-    return v
+    return _string_field(obj, field, where, "is empty or whitespace; write the text")
 
 
 def _messages(obj: Mapping[Any, Any], kind: str, where: str) -> list[dict[str, str]]:
