@@ -311,6 +311,7 @@ def _section_scenarios(ctx: RunContext) -> None:
 
 def _section_dose(ctx: RunContext) -> None:
     from emolens.readout import read_emotions
+    from emolens.stats import spearman
     from emolens.views import plot_dose_response
 
     reg = ctx.registry
@@ -327,7 +328,7 @@ def _section_dose(ctx: RunContext) -> None:
         rec = {"id": t.id, "text": t.text, "values": vals, "expected": expected, "scores": scores,
                "spearman": {}}
         for e, s in scores.items():
-            rec["spearman"][e] = _spearman(vals, s)
+            rec["spearman"][e] = spearman(vals, s, seed=ctx.config.seed).value
         rec["agree"] = {e: (rec["spearman"][e] > 0) == (d == "up") for e, d in expected.items()}
         out.append(rec)
         ctx.report_figs.append((plot_dose_response(vals, scores, expected=expected,
@@ -346,16 +347,6 @@ def _section_dose(ctx: RunContext) -> None:
     for fig, cap in ctx.report_figs:
         ctx.report.add_figure(fig, cap)
     ctx.report_figs.clear()
-
-
-def _spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    import torch
-
-    xr = torch.tensor(x, dtype=torch.float64).argsort().argsort().double()
-    yr = torch.tensor(y, dtype=torch.float64).argsort().argsort().double()
-    xr, yr = xr - xr.mean(), yr - yr.mean()
-    den = (xr.norm() * yr.norm()).item()
-    return float((xr @ yr).item() / den) if den else float("nan")
 
 
 STEER_PROMPTS = [
