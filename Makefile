@@ -34,7 +34,7 @@ demo: setup
 	$(PY) -m emolens.cli run --out $(DEMO_OUT)
 
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
 
 test-unit: setup
 	$(PY) -m pytest -q tests/unit

@@ -51,8 +51,11 @@ def main() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.path.insert(0, str(HERE.parent))
     ctx = Context(args.batch, args.device, args.model)
+    from emolens.hardware import cpu_features
+
     results: dict[str, object] = {
         "machine": f"{platform.machine()} {os.cpu_count()} cpu",
+        "cpu": cpu_features().flags(),
         "batch": args.batch,
         "model": args.model or "default",
         "device": args.device or "cpu",

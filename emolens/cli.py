@@ -35,6 +35,17 @@ def _cmd_info(args: argparse.Namespace) -> int:
         except md.PackageNotFoundError:
             v = "not installed"
         print(f"  {pkg:<17} {v}")
+    import torch
+
+    from emolens.hardware import cpu_features, resolve_compute_dtype
+
+    print(f"cpu:     {cpu_features().flags()}; torch threads {torch.get_num_threads()}")
+    auto = resolve_compute_dtype("auto", device="cpu")
+    print(f"compute dtype 'auto' on the CPU: {auto.name} ({auto.reason})")
+    if torch.cuda.is_available():
+        cuda = resolve_compute_dtype("auto", device="cuda")
+        print(f"compute dtype 'auto' on CUDA ({torch.cuda.get_device_name()}): {cuda.name} "
+              f"({cuda.reason})")
     print(f"cache:   {cache_root(args.cache_dir)}")
     folder = _default_cache_dir(args.cache_dir)
     try:

@@ -127,8 +127,9 @@ def extract_emotions(model: Any, corpus: Any = None, *, layers: Any = None,
                      default_layer: int | None = None, shuffle_labels: int | None = None,
                      shuffled_control: bool | int = True,
                      family: str = "emotion", name: str | None = None, progress: bool = True,
-                     padding_side: str = "right", compute_dtype: torch.dtype | None = None,
+                     padding_side: str = "right", compute_dtype: torch.dtype | str | None = "auto",
                      max_texts_per_emotion: int | None = None,
+                     distributed: bool | str | None = "auto",
                      **method_params: Any) -> EmotionRegistry:
     """Build an ``EmotionRegistry`` from stimulus text, streaming.
 
@@ -152,11 +153,22 @@ def extract_emotions(model: Any, corpus: Any = None, *, layers: Any = None,
             report their held-out accuracy per layer beside the real one: the mean over the K
             permutations (``validation["shuffled_accuracy_by_layer"]``, which must sit at
             chance) and each permutation's (``"shuffled_accuracy_by_seed"``).
-        compute_dtype: run every forward pass under ``torch.autocast`` with this dtype
-            (``torch.bfloat16`` is about 1.9x faster on CPUs with AVX512-BF16; the sums stay in
-            float64). ``None`` (default): the model's own dtype. Recorded in the metadata.
+        compute_dtype: the dtype of the forward passes (``emolens.hardware``): ``"auto"``
+            (default) runs them under bf16 autocast only where the hardware has native bf16 (a
+            CPU with AVX512-BF16 or AMX, a CUDA device with bf16) and in the model's own dtype
+            elsewhere (emulated bf16 on an AVX2-only CPU is 6-17x slower); ``"float32"``,
+            ``"bfloat16"`` or a ``torch.dtype`` force one; ``None``: the model's own dtype. The
+            sums stay in float64. The resolved dtype and the reason are in the metadata
+            (``compute_dtype``, ``compute_dtype_reason``).
         max_texts_per_emotion: use at most this many training texts per emotion (the first in
             the corpus's order); validation texts are never capped.
+        distributed: data parallelism over ``torch.distributed`` (``emolens.distributed``):
+            ``"auto"`` (default) uses an initialised process group, ``True`` also initialises
+            one from the torchrun environment, ``False`` never. Each rank streams a shard of
+            the training, neutral and validation texts (balanced by token count); every sum
+            (class sums and counts, neutral moments, shuffled-label controls, mean norms,
+            validation counts) is all-reduced in float64 before the method fits, and every rank
+            returns the same registry (saving it is the caller's job: rank 0 only).
         method_params: passed to the method's factory (e.g. ``neutral_variance=0.5``).
 
     Returns an ``EmotionRegistry`` whose metadata records the model's provenance, sites,
@@ -174,10 +186,10 @@ def extract_emotions(model: Any, corpus: Any = None, *, layers: Any = None,
     if max_texts_per_emotion is not None and max_texts_per_emotion < 1:
         raise InputError(f"max_texts_per_emotion must be >= 1 or None, got "
                          f"{max_texts_per_emotion!r}")
-    if compute_dtype is not None and not (isinstance(compute_dtype, torch.dtype)
-                                          and compute_dtype.is_floating_point):
-        raise InputError(f"compute_dtype must be a floating torch.dtype such as torch.bfloat16 "
-                         f"or None, got {compute_dtype!r}")
+    from emolens.hardware import resolve_compute_dtype
+
+    resolved_dtype = resolve_compute_dtype(compute_dtype, model)
+    compute_dtype = resolved_dtype.dtype
     names, train, val, corpus_neutral, corpus_info = _from_corpus(corpus, emotions,
                                                                   max_texts_per_emotion)
     if len(names) < 2:
@@ -204,14 +216,70 @@ def extract_emotions(model: Any, corpus: Any = None, *, layers: Any = None,
                                                   generator=torch.Generator().manual_seed(k))]
         for k in range(n_controls)]
     moments = MomentAccumulator(len(sites), d_model) if neutral_texts else None
+    from emolens.distributed import context as _dist_context
+    from emolens.distributed import shard as _dist_shard
+
+    ctx = _dist_context(distributed)
+    train_ids = torch.tensor(_dist_shard(ctx, model, train.texts), dtype=torch.long)
+    local_train = LabelledTexts([train.texts[i] for i in train_ids.tolist()],
+                                [train.labels[i] for i in train_ids.tolist()])
+    local_neutral = [neutral_texts[i] for i in _dist_shard(ctx, model, neutral_texts)]
+    progress = progress and ctx.is_main
     features: torch.Tensor | None = None
     feat_labels: list[int] = []
     feat_index: list[int] = []
     feat_rows: list[torch.Tensor] = []
 
-    # ---- pass 1: training texts and neutral dialogues
-    bar = _progress(len(train.texts) + len(neutral_texts), "extract", progress)
-    for texts, labels, idx in _batches(train, batch_size):
+    # ---- pass 1: training texts and neutral dialogues (this rank's shard of each)
+    bar = _progress(len(local_train.texts) + len(local_neutral), "extract", progress)
+    with ctx.guard("extraction pass 1"):
+        _pass1(model, local_train, train_ids, local_neutral, sites, acc, control_accs,
+               shuffled_labels, moments, policy, batch_size, padding_side, compute_dtype,
+               algo.needs_features, feat_rows, feat_labels, feat_index, bar)
+    bar.close()
+    ctx.all_reduce_([t for a in (acc, *control_accs) for t in
+                     (a.sums, a.counts, a.norm_sum, a.norm_count)]
+                    + ([moments.total, moments.outer, moments.count] if moments is not None
+                       else []))
+    if algo.needs_features:
+        features = torch.cat(feat_rows, 0) if feat_rows else \
+            torch.zeros(0, len(sites), d_model)
+        if ctx.active:  # every rank gets every row, in the single-process (batch) order
+            rows = torch.cat(ctx.all_gather_rows(features), 0)
+            ids = torch.cat(ctx.all_gather_rows(torch.tensor(feat_index, dtype=torch.long)), 0)
+            key = sorted(range(len(ids)), key=lambda j: (-len(str(train.texts[int(ids[j])])),
+                                                         int(ids[j])))
+            features = rows[key]
+            feat_index[:] = ids[key].tolist()
+            feat_labels[:] = [train.labels[i] for i in feat_index]
+    with ctx.guard("fitting the directions"):
+        unit, center, controls, data = _fit(algo, method, method_params, sites, names, acc,
+                                            control_accs, shuffled_labels, moments, features,
+                                            feat_labels, feat_index)
+    ctx.broadcast_([unit, center, *[t for pair in controls for t in pair]])
+
+    # ---- pass 2: held-out accuracy per layer
+    validation: dict[str, Any] = {}
+    if validate and val.texts:
+        validation = _validate(model, unit, center, sites, names, val, policy, batch_size,
+                               progress, padding_side, controls, compute_dtype, ctx)
+    return _finish(model, t0, unit, center, acc, sites, names, validation, default_layer, algo,
+                   policy, corpus_info, neutral_texts, moments, shuffle_labels, batch_size,
+                   resolved_dtype, max_texts_per_emotion, family, name, ctx)
+
+
+def _pass1(model: Any, train: LabelledTexts, train_ids: torch.Tensor,
+           neutral_texts: Sequence[TextInput], sites: list[Site], acc: ClassMeanAccumulator,
+           control_accs: list[ClassMeanAccumulator], shuffled_labels: list[torch.Tensor],
+           moments: MomentAccumulator | None, policy: str, batch_size: int, padding_side: str,
+           compute_dtype: torch.dtype | None, needs_features: bool,
+           feat_rows: list[torch.Tensor], feat_labels: list[int], feat_index: list[int],
+           bar: Any) -> None:
+    """Stream this rank's training texts and neutral dialogues into the accumulators.
+    ``train_ids`` maps the shard's rows to indices of the whole training set (labels of the
+    shuffled controls and feature rows are looked up by those)."""
+    for texts, labels, local_idx in _batches(train, batch_size):
+        idx = train_ids[local_idx]
         per_site: list[torch.Tensor] = [torch.empty(0)] * len(sites)
 
         def on_train(i: int, act: torch.Tensor, batch: TokenizedBatch,
@@ -224,7 +292,7 @@ def extract_emotions(model: Any, corpus: Any = None, *, layers: Any = None,
 
         stream_sites(model, texts, sites, on_train, padding_side=padding_side,
                      compute_dtype=compute_dtype)
-        if algo.needs_features:
+        if needs_features:
             feat_rows.append(torch.stack(per_site, 1))
             feat_labels += labels.tolist()
             feat_index += idx.tolist()
@@ -239,9 +307,15 @@ def extract_emotions(model: Any, corpus: Any = None, *, layers: Any = None,
             stream_sites(model, chunk, sites, on_neutral, padding_side=padding_side,
                          compute_dtype=compute_dtype)
             bar.update(len(chunk))
-    bar.close()
-    if algo.needs_features:
-        features = torch.cat(feat_rows, 0)
+
+
+def _fit(algo: ExtractionMethod, method: Any, method_params: dict[str, Any], sites: list[Site],
+         names: list[str], acc: ClassMeanAccumulator, control_accs: list[ClassMeanAccumulator],
+         shuffled_labels: list[torch.Tensor], moments: MomentAccumulator | None,
+         features: torch.Tensor | None, feat_labels: list[int], feat_index: list[int]
+         ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]],
+                    ExtractionData]:
+    """Fit the directions (and the shuffled-label controls) from the summed accumulators."""
     data = ExtractionData(sites, names, acc.class_means(), acc.counts,
                           moments.covariance() if moments is not None else None,
                           features, torch.tensor(feat_labels) if features is not None else None)
@@ -261,12 +335,17 @@ def extract_emotions(model: Any, corpus: Any = None, *, layers: Any = None,
                          cdata.class_means.mean(1).float()))
     if controls and not isinstance(method, str):
         algo.fit(data)  # refit: the caller's instance keeps state (params) of its last fit
+    return unit, center, controls, data
 
-    # ---- pass 2: held-out accuracy per layer
-    validation: dict[str, Any] = {}
-    if validate and val.texts:
-        validation = _validate(model, unit, center, sites, names, val, policy, batch_size,
-                               progress, padding_side, controls, compute_dtype)
+
+def _finish(model: Any, t0: float, unit: torch.Tensor, center: torch.Tensor,
+            acc: ClassMeanAccumulator, sites: list[Site], names: list[str],
+            validation: dict[str, Any], default_layer: int | None, algo: ExtractionMethod,
+            policy: str, corpus_info: dict[str, Any], neutral_texts: Sequence[TextInput],
+            moments: MomentAccumulator | None, shuffle_labels: int | None, batch_size: int,
+            resolved_dtype: Any, max_texts_per_emotion: int | None, family: str,
+            name: str | None, ctx: Any) -> EmotionRegistry:
+    """Choose the default layer and assemble the registry with its metadata."""
     chosen_by = "caller"
     if default_layer is None:
         if validation:
@@ -291,8 +370,10 @@ def extract_emotions(model: Any, corpus: Any = None, *, layers: Any = None,
         "default_layer_chosen_by": chosen_by,
         "shuffled_labels_seed": shuffle_labels,
         "batch_size": batch_size,
-        "compute_dtype": str(compute_dtype).replace("torch.", "") if compute_dtype else None,
+        "compute_dtype": resolved_dtype.name,
+        "compute_dtype_reason": resolved_dtype.reason,
         "max_texts_per_emotion": max_texts_per_emotion,
+        "distributed": ctx.describe(),
         "seconds": round(time.perf_counter() - t0, 2),
     }
     metadata["model"]["n_layers"] = int(model.cfg.n_layers)
@@ -305,11 +386,29 @@ def _validate(model: Any, unit: torch.Tensor, center: torch.Tensor, sites: list[
               names: list[str], val: LabelledTexts, policy: str, batch_size: int,
               progress: bool, padding_side: str,
               controls: Sequence[tuple[torch.Tensor, torch.Tensor]] = (),
-              compute_dtype: torch.dtype | None = None) -> dict[str, Any]:
+              compute_dtype: torch.dtype | None = None, ctx: Any = None) -> dict[str, Any]:
+    from emolens.distributed import SINGLE, shard
+
+    ctx = ctx or SINGLE
+    ids = shard(ctx, model, val.texts)
+    val = LabelledTexts([val.texts[i] for i in ids], [val.labels[i] for i in ids])
     n_cls = len(names)
     confusion = torch.zeros(len(sites), n_cls, n_cls, dtype=torch.long)
     control_correct = torch.zeros(len(controls), len(sites), dtype=torch.long)
     bar = _progress(len(val.texts), "validate", progress)
+    with ctx.guard("validation"):
+        _validation_pass(model, unit, center, sites, val, policy, batch_size, padding_side,
+                         controls, compute_dtype, confusion, control_correct, bar)
+    bar.close()
+    ctx.all_reduce_([confusion, control_correct])
+    return _validation_figures(sites, n_cls, confusion, control_correct, controls)
+
+
+def _validation_pass(model: Any, unit: torch.Tensor, center: torch.Tensor, sites: list[Site],
+                     val: LabelledTexts, policy: str, batch_size: int, padding_side: str,
+                     controls: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                     compute_dtype: torch.dtype | None, confusion: torch.Tensor,
+                     control_correct: torch.Tensor, bar: Any) -> None:
     for texts, labels, _ in _batches(val, batch_size):
         def on_val(i: int, act: torch.Tensor, batch: TokenizedBatch,
                    labels: torch.Tensor = labels) -> None:
@@ -325,7 +424,11 @@ def _validate(model: Any, unit: torch.Tensor, center: torch.Tensor, sites: list[
         stream_sites(model, texts, sites, on_val, padding_side=padding_side,
                      compute_dtype=compute_dtype)
         bar.update(len(texts))
-    bar.close()
+
+
+def _validation_figures(sites: list[Site], n_cls: int, confusion: torch.Tensor,
+                        control_correct: torch.Tensor,
+                        controls: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, Any]:
     correct = confusion.diagonal(dim1=1, dim2=2).sum(-1).double()
     total = confusion.sum((1, 2)).double().clamp(min=1)
     accs = {str(s.layer): round(float(correct[i] / total[i]), 4) for i, s in enumerate(sites)}

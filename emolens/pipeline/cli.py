@@ -16,10 +16,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sections", nargs="+", default=None, help="only these report sections")
     p.add_argument("--no-reuse", action="store_true", help="extract again even if cached")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--extraction-dtype", choices=["bfloat16", "float32"], default="bfloat16",
-                   help="autocast dtype of the extraction's forward passes (default bfloat16: "
-                        "about 1.9x faster on CPUs with AVX512-BF16, directions agree with "
-                        "float32 to cosine > 0.999)")
+    p.add_argument("--compute-dtype", "--extraction-dtype", dest="compute_dtype",
+                   choices=["auto", "bfloat16", "float32"], default="auto",
+                   help="dtype of the extraction's forward passes (default auto: bf16 autocast "
+                        "only on hardware with native bf16, e.g. AVX512-BF16/AMX CPUs or CUDA; "
+                        "float32 elsewhere, where emulated bf16 is 6-17x slower)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -29,7 +30,7 @@ def main(args: argparse.Namespace) -> int:
     results = run(RunConfig(out=args.out, model=args.model, emotions=args.emotions,
                             quick=args.quick, method=args.method, sections=args.sections,
                             reuse_registry=not args.no_reuse, batch_size=args.batch_size,
-                            extraction_dtype=args.extraction_dtype,
+                            compute_dtype=args.compute_dtype,
                             progress=not args.quiet))
     print(f"report: {args.out / 'report.html'}")
     print(f"results: {args.out / 'results.json'}")

@@ -13,10 +13,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    import torch
+from typing import Any
 
 CORE_EMOTIONS = ["happy", "inspired", "loving", "proud", "calm", "desperate", "angry", "guilty",
                  "sad", "afraid", "nervous", "surprised"]
@@ -25,27 +22,17 @@ QUICK_STORIES = 16  # training stories per emotion in --quick
 QUICK_NEUTRAL = 16  # neutral dialogues for the denoising PCA in --quick
 
 
-def _extraction_dtype(name: str) -> torch.dtype | None:
-    import torch
-
-    from emolens.errors import InputError
-
-    table = {"bfloat16": torch.bfloat16, "float32": None}
-    if name not in table:
-        raise InputError(f"extraction_dtype must be one of {sorted(table)}, got {name!r}")
-    return table[name]
-
-
 @dataclass
 class RunConfig:
     """Options of the main job.
 
     ``quick``: 6 emotions, every second layer, 16 training stories per emotion, smoke-test sizes
     for steering and causality (a check that everything runs, in under 2 minutes on 2 CPU
-    cores; its numbers are noisy). ``extraction_dtype``: the forward passes of the extraction
-    run under ``torch.autocast`` with this dtype ("bfloat16", default: about 1.9x faster on CPUs
-    with AVX512-BF16; directions agree with float32 ones to cosine > 0.999, see
-    benchmarks/bench_extraction.py) or "float32". Everything else runs in the model's dtype.
+    cores; its numbers are noisy). ``compute_dtype``: the dtype of the extraction's forward
+    passes, resolved by ``emolens.hardware.resolve_compute_dtype`` ("auto", default: bf16
+    autocast only where the hardware runs bf16 natively, about 1.8x faster there, directions
+    agree with float32 ones to cosine > 0.999, see benchmarks/bench_extraction.py; the model's
+    own float32 elsewhere), or "float32" / "bfloat16". Everything else runs in the model's dtype.
     """
 
     out: Path
@@ -55,7 +42,7 @@ class RunConfig:
     method: str = "mean_diff"
     positions: str = "content"
     batch_size: int = 16
-    extraction_dtype: str = "bfloat16"
+    compute_dtype: str = "auto"
     progress: bool = True
     reuse_registry: bool = True
     sections: Sequence[str] | None = None
@@ -119,6 +106,12 @@ def _section_corpus(ctx: RunContext) -> None:
                          else corpus.stats(), "Stories per emotion")
 
 
+def _resolved_dtype(ctx: RunContext) -> Any:
+    from emolens.hardware import resolve_compute_dtype
+
+    return resolve_compute_dtype(ctx.config.compute_dtype, ctx.model)
+
+
 def _registry_key(ctx: RunContext, layers: list[int]) -> str:
     import emolens
 
@@ -127,7 +120,7 @@ def _registry_key(ctx: RunContext, layers: list[int]) -> str:
                       "corpus": ctx.corpus.content_hash, "emotions": ctx.corpus.emotions,
                       "method": ctx.config.method, "positions": ctx.config.positions,
                       "layers": layers, "quick": ctx.config.quick,
-                      "extraction_dtype": ctx.config.extraction_dtype,
+                      "compute_dtype": _resolved_dtype(ctx).name,
                       "emolens_registry_format": 1}, sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
@@ -155,11 +148,10 @@ def _section_registry(ctx: RunContext) -> None:
         # PCA (the validation split is never capped)
         quick = ctx.config.quick
         neutral = [list(r.messages) for r in ctx.corpus.neutral[:QUICK_NEUTRAL]] if quick else None
-        dtype = _extraction_dtype(ctx.config.extraction_dtype)
         reg = emolens.extract_emotions(ctx.model, ctx.corpus, layers=layers,
                                        method=ctx.config.method, positions=ctx.config.positions,
                                        batch_size=ctx.config.batch_size, neutral=neutral,
-                                       compute_dtype=dtype,
+                                       compute_dtype=ctx.config.compute_dtype,
                                        max_texts_per_emotion=QUICK_STORIES if quick else None,
                                        progress=ctx.config.progress)
         reg.save(cached)
@@ -175,7 +167,8 @@ def _section_registry(ctx: RunContext) -> None:
                                "positions": reg.metadata.get("positions"),
                                "mean_norm": dict(zip(layers_s, reg.mean_norms.tolist())),
                                "extraction_seconds": reg.metadata.get("seconds"),
-                               "extraction_dtype": reg.metadata.get("compute_dtype") or "float32",
+                               "compute_dtype": reg.metadata.get("compute_dtype") or "float32",
+                               "compute_dtype_reason": reg.metadata.get("compute_dtype_reason"),
                                "max_texts_per_emotion": reg.metadata.get("max_texts_per_emotion"),
                                "neutral_dialogues": reg.metadata.get("neutral", {}).get("texts")}
     ctx.results["validation"] = {**val, "default_layer": reg.default_layer,
@@ -193,7 +186,9 @@ def _section_registry(ctx: RunContext) -> None:
         f"shuffled (mean over {len(val.get('shuffled_seeds', [])) or 'no'} permutations, fitted "
         f"in the same pass): it must sit at chance. Default layer: **{reg.default_layer}** "
         f"(accuracy {val['accuracy_by_layer'][str(reg.default_layer)]:.3f}, chosen by "
-        f"{reg.metadata.get('default_layer_chosen_by')}).",
+        f"{reg.metadata.get('default_layer_chosen_by')}). Forward passes in "
+        f"{reg.metadata.get('compute_dtype') or 'float32'} "
+        f"({reg.metadata.get('compute_dtype_reason') or 'the model dtype'}).",
         limits="Held-out stories come from the same authors and style as the training stories, "
                "so this measures generalisation across stories and topics, not across writers.")
     ctx.report.add_figure(plot_layer_accuracy(reg.layers, acc, chance=val["chance"], shuffled=shuf,
@@ -504,6 +499,16 @@ def _section_causality(ctx: RunContext) -> None:
             ctx.report.add_figure(fig, name.replace("_", " "))
 
 
+def _machine() -> dict[str, Any]:
+    """The CPU (model and bf16 flags) and thread count every timing in results.json ran on."""
+    import torch
+
+    from emolens.hardware import cpu_features
+
+    return {"cpu": cpu_features().to_dict(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__}
+
+
 SECTIONS: dict[str, Callable[[RunContext], None]] = {
     "model": _section_model,
     "corpus": _section_corpus,
@@ -555,7 +560,8 @@ def run(config: RunConfig) -> dict[str, Any]:
         ctx.timings[name] = round(time.perf_counter() - t0, 2)
     ctx.results["run"] = {"quick": config.quick, "seconds": round(time.perf_counter() - t_all, 1),
                           "section_seconds": ctx.timings, "errors": errors,
-                          "emolens_version": __import__("emolens").__version__}
+                          "emolens_version": __import__("emolens").__version__,
+                          "machine": _machine()}
     write_json(config.out / "results.json", ctx.results)
     ctx.report.save(config.out / "report.html")
     ctx.log(f"done in {ctx.results['run']['seconds']} s: {config.out / 'report.html'}")

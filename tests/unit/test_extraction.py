@@ -248,7 +248,8 @@ def test_bf16_compute_dtype_agrees_with_float32_and_is_recorded(tiny):
         # bf16 really was used: the directions are close but not bit-identical
         assert not torch.equal(ref.matrix(layer), fast.matrix(layer))
     assert fast.metadata["compute_dtype"] == "bfloat16"
-    assert ref.metadata["compute_dtype"] is None
+    assert ref.metadata["compute_dtype"] == "float32"
+    assert ref.metadata["compute_dtype_reason"].startswith("the model's own dtype")
     with pytest.raises(InputError, match="compute_dtype"):
         extract_emotions(tiny, TEXTS, layers=[1], progress=False, compute_dtype=torch.int8)
 
