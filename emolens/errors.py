@@ -64,3 +64,8 @@ def unknown_name_message(kind: str, name: object, valid: Iterable[str], fix: str
     if fix:
         parts.append(fix)
     return "; ".join(parts)
+
+
+class DistributedError(EmolensError, RuntimeError):
+    """A distributed run failed: a rank raised (named in the message), lost contact with the
+    others, or the process-group environment is incomplete."""
