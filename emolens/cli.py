@@ -101,6 +101,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
             "emolens.pipeline.cli:"),
     "evaluate": ("accuracy of a saved registry's directions on your own labelled texts",
                  "emolens.readout.cli:"),
+    "models": ("the offline model catalogue: list, install", "emolens.models.cli:"),
+    "steer": ("steered generation, dose-response sweeps, the word test, llama.cpp export",
+              "emolens.steering.cli:"),
 }
 _LOCAL: dict[str, tuple[Callable[[argparse.ArgumentParser], None],
                         Callable[[argparse.Namespace], int]]] = {

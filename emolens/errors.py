@@ -69,3 +69,11 @@ def unknown_name_message(kind: str, name: object, valid: Iterable[str], fix: str
 class DistributedError(EmolensError, RuntimeError):
     """A distributed run failed: a rank raised (named in the message), lost contact with the
     others, or the process-group environment is incomplete."""
+
+
+class CausalityError(EmolensError, ValueError):
+    """A causal analysis cannot run as asked (mismatched pairs, positions, sites, metrics)."""
+
+
+class StatsError(EmolensError, ValueError):
+    """Data a statistic cannot be computed from (empty, mismatched lengths, bad options)."""

@@ -238,7 +238,7 @@ def _monitor(model: Any, registry: Any, tokens: torch.Tensor, mask: torch.Tensor
     with torch.no_grad():
         model.run_with_hooks(tokens, fwd_hooks=[(n, capture_at(n)) for n in names],
                              return_type=None, stop_at_layer=max(layers) + 1, **kwargs)
-    from emolens.readout.readout import project
+    from emolens.scoring import project
 
     cols = []
     for name, layer in zip(names, layers):

@@ -15,7 +15,9 @@ The checks of section 2 of the study ("Checks that the vectors mean what they sa
   cosine matrices).
 - ``logit_lens``: the tokens each direction promotes and suppresses when read through the final
   norm and the unembedding.
-- ``plot_pca``, ``plot_cosine``, ``plot_cross_layer``: matplotlib figures (no pyplot state).
+
+Figures are drawn by ``emolens.views`` from these results' arrays (``plot_emotion_pca``,
+``plot_cosine_matrix``, ``plot_layer_similarity``); this module returns data only.
 
 None of these is causal evidence: they show that the directions are organised like human affect
 and point at fitting words, not that the model uses them (see ``emolens`` steering and patching).
@@ -32,8 +34,6 @@ from typing import Any
 import pandas as pd
 import torch
 from jaxtyping import Float, Int
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
 
 from emolens.errors import InputError, unknown_name_message
 from emolens.registry import EmotionRegistry
@@ -137,10 +137,6 @@ class EmotionPCA:
             d["components"] = self.components.tolist()
             d["mean"] = self.mean.tolist()
         return d
-
-    def plot(self, ratings: Mapping[str, Rating] | None = None, **kwargs: Any) -> Figure:
-        """``plot_pca(self, ratings, **kwargs)``."""
-        return plot_pca(self, ratings, **kwargs)
 
     def _repr_html_(self) -> str:
         e = html.escape
@@ -408,7 +404,7 @@ class EmotionClusters:
         return list(self.clusters[int(self.labels[self.emotions.index(emotion)])])
 
     def order(self) -> list[str]:
-        """Emotions grouped by cluster (for ``plot_cosine(..., order=clusters.order())``)."""
+        """Emotions grouped by cluster (for ``emolens.views.plot_cosine_matrix(..., order=clusters.order())``)."""
         return [e for c in self.clusters for e in c]
 
     def to_dict(self) -> dict[str, Any]:
@@ -527,9 +523,6 @@ class CrossLayerSimilarity:
     def to_dict(self) -> dict[str, Any]:
         return {"layers": list(self.layers), "hooks": list(self.hooks),
                 "n_emotions": self.n_emotions, "matrix": self.matrix.tolist()}
-
-    def plot(self, **kwargs: Any) -> Figure:
-        return plot_cross_layer(self, **kwargs)
 
     def _repr_html_(self) -> str:
         head = "".join(f"<th>{v}</th>" for v in self.layers)
@@ -663,117 +656,8 @@ def logit_lens(model: Any, registry: EmotionRegistry, layer: LayerArg = None, k:
     return df
 
 
-# =============================================================================== figures
-def _new_axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
-    if ax is not None:
-        fig = ax.get_figure()
-        if not isinstance(fig, Figure):  # a SubFigure: return its root figure
-            fig = fig.get_figure(root=True) if fig is not None else None
-        if not isinstance(fig, Figure):
-            raise InputError("ax is not attached to a matplotlib Figure")
-        return fig, ax
-    fig = Figure(figsize=figsize, layout="constrained")
-    return fig, fig.add_subplot()
-
-
-def plot_pca(pca: EmotionPCA, ratings: Mapping[str, Rating] | None = None, *,
-             pcs: tuple[int, int] = (1, 2), ax: Axes | None = None, annotate: bool = True,
-             cmap: str = "RdYlGn") -> Figure:
-    """Scatter of the emotions on two PCs (default PC1 x PC2), labelled by name.
-
-    With ``ratings`` (``{emotion: (valence, arousal)}``) points are coloured by valence; emotions
-    without a rating are grey. Axis labels give each PC's share of variance.
-    """
-    i, j = pca._pc(pcs[0]), pca._pc(pcs[1])
-    fig, ax = _new_axes(ax, (7.0, 6.0))
-    xs, ys = pca.coords[:, i].tolist(), pca.coords[:, j].tolist()
-    if ratings:
-        rated = [n for n, e in enumerate(pca.emotions) if e in ratings]
-        other = [n for n in range(len(pca.emotions)) if n not in rated]
-        if other:
-            ax.scatter([xs[n] for n in other], [ys[n] for n in other], c="lightgrey",
-                       edgecolors="grey", label="no rating")
-        if rated:
-            val = _ratings_table(ratings, [pca.emotions[n] for n in rated])[:, 0].tolist()
-            sc = ax.scatter([xs[n] for n in rated], [ys[n] for n in rated], c=val, cmap=cmap,
-                            edgecolors="black", linewidths=0.4)
-            fig.colorbar(sc, ax=ax, label="valence (rating)")
-    else:
-        ax.scatter(xs, ys, c="tab:blue")
-    if annotate:
-        size = 8 if len(xs) <= 40 else 6
-        for x, y, name in zip(xs, ys, pca.emotions):
-            ax.annotate(name, (x, y), xytext=(3, 3), textcoords="offset points", fontsize=size)
-    ratio = pca.explained_variance_ratio
-    ax.set_xlabel(f"PC{i + 1} ({float(ratio[i]):.1%} of variance)")
-    ax.set_ylabel(f"PC{j + 1} ({float(ratio[j]):.1%} of variance)")
-    ax.axhline(0, color="grey", lw=0.5)
-    ax.axvline(0, color="grey", lw=0.5)
-    ax.set_title(f"Emotion directions at {pca.hook}")
-    return fig
-
-
-def plot_cosine(matrix: Float[torch.Tensor, "emotion emotion"], emotions: Sequence[str], *,
-                order: Sequence[str] | None = None, ax: Axes | None = None,
-                title: str | None = None) -> Figure:
-    """Heat map of an emotion x emotion cosine matrix (``cosine_matrix``), -1 blue to +1 red.
-
-    ``order`` re-orders rows and columns (e.g. ``emotion_clusters(...).order()``).
-    """
-    names = list(emotions)
-    if len(names) != matrix.shape[0]:
-        raise InputError(f"{len(names)} emotion names for a {tuple(matrix.shape)} matrix")
-    m = matrix.detach().cpu().float()
-    if order is not None:
-        order = list(order)
-        unknown = [e for e in order if e not in names]
-        if unknown or len(set(order)) != len(order):
-            raise InputError(f"order must list distinct emotions of the matrix; unknown or "
-                             f"repeated: {unknown or sorted({e for e in order if order.count(e) > 1})}")
-        idx = torch.tensor([names.index(e) for e in order])
-        m, names = m[idx][:, idx], order
-    side = min(16.0, 3.0 + 0.22 * len(names))
-    fig, ax = _new_axes(ax, (side + 1.0, side))
-    im = ax.imshow(m.numpy(), cmap="RdBu_r", vmin=-1.0, vmax=1.0)
-    if len(names) <= 80:
-        fs = 8 if len(names) <= 30 else 5
-        ax.set_xticks(range(len(names)), names, rotation=90, fontsize=fs)
-        ax.set_yticks(range(len(names)), names, fontsize=fs)
-    fig.colorbar(im, ax=ax, label="cosine similarity", shrink=0.8)
-    ax.set_title(title or "Cosine similarity between emotion directions")
-    return fig
-
-
-def plot_cross_layer(sim: CrossLayerSimilarity | Float[torch.Tensor, "layer layer"],
-                     layers: Sequence[int] | None = None, *, ax: Axes | None = None) -> Figure:
-    """Heat map of ``cross_layer_similarity`` (a result, or a ``[L, L]`` matrix with ``layers``)."""
-    if isinstance(sim, CrossLayerSimilarity):
-        m, labels = sim.matrix, list(sim.layers if layers is None else layers)
-    else:
-        m = sim
-        labels = list(range(m.shape[0]) if layers is None else layers)
-    if len(labels) != m.shape[0]:
-        raise InputError(f"{len(labels)} layer labels for a {tuple(m.shape)} matrix")
-    arr = m.detach().cpu().float().numpy()
-    side = min(12.0, 3.0 + 0.35 * len(labels))
-    fig, ax = _new_axes(ax, (side + 1.0, side))
-    im = ax.imshow(arr, cmap="viridis", vmin=min(0.0, float(arr.min())), vmax=1.0)
-    ax.set_xticks(range(len(labels)), [str(v) for v in labels])
-    ax.set_yticks(range(len(labels)), [str(v) for v in labels])
-    if len(labels) <= 16:
-        for a in range(len(labels)):
-            for b in range(len(labels)):
-                ax.text(b, a, f"{arr[a, b]:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if arr[a, b] < 0.6 else "black")
-    ax.set_xlabel("layer")
-    ax.set_ylabel("layer")
-    fig.colorbar(im, ax=ax, label="Pearson r of off-diagonal cosines", shrink=0.8)
-    ax.set_title("Stability of emotion geometry across layers")
-    return fig
-
-
 __all__ = [
     "AffectCorrelation", "CrossLayerSimilarity", "EmotionClusters", "EmotionPCA",
     "affect_correlation", "cosine_matrix", "cross_layer_similarity", "emotion_clusters",
-    "emotion_pca", "logit_lens", "plot_cosine", "plot_cross_layer", "plot_pca",
+    "emotion_pca", "logit_lens",
 ]

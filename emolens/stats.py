@@ -28,7 +28,7 @@ from transformer_lens.utilities.statistics import (
     sign_flip_permutation_pvalue as _tl_sign_flip,
 )
 
-from emolens.errors import EmolensError
+from emolens.errors import StatsError
 
 ArrayLike = torch.Tensor | np.ndarray | Sequence[Any]
 _ALTERNATIVES = ("two-sided", "greater", "less")
@@ -46,12 +46,11 @@ __all__ = [
     "sign_flip_pvalue",
     "soft_elo",
     "spearman",
+    "spearman_r",
     "two_group_difference",
 ]
 
 
-class StatsError(EmolensError, ValueError):
-    """Data a statistic cannot be computed from (empty, mismatched lengths, bad options)."""
 
 
 def _vec(x: ArrayLike, name: str = "x") -> torch.Tensor:
@@ -278,6 +277,18 @@ def _rank(x: torch.Tensor) -> torch.Tensor:
                 0, inv, torch.ones_like(ranks))
             ranks = (sums / counts)[inv]
     return ranks
+
+
+def spearman_r(x: ArrayLike, y: ArrayLike) -> float:
+    """The Spearman rank correlation alone (average ranks for ties; NaN when x or y is
+    constant or has fewer than 2 items): the point estimate of ``spearman``, without its
+    interval and p-value."""
+    tx, ty = _vec(x, "x"), _vec(y, "y")
+    if tx.numel() != ty.numel():
+        raise StatsError(f"x and y need one value per item each, got {tx.numel()} and {ty.numel()}")
+    if tx.numel() < 2:
+        return float("nan")
+    return float(_pearson_rows(_rank(tx), _rank(ty)))
 
 
 def _correlation(x: ArrayLike, y: ArrayLike, *, rank: bool, confidence: float,

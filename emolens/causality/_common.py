@@ -8,13 +8,8 @@ from typing import Any
 import torch
 from jaxtyping import Bool, Int
 
-from emolens.errors import EmolensError, InputError
+from emolens.errors import CausalityError, InputError
 from emolens.tokens import TokenizedBatch, to_inputs
-
-
-class CausalityError(EmolensError, ValueError):
-    """A causal analysis cannot run as asked (mismatched pairs, positions, sites, metrics)."""
-
 
 PositionSpec = str | int | Sequence[int] | torch.Tensor
 TokenSpec = str | int | Sequence[str | int] | torch.Tensor

@@ -46,6 +46,7 @@ from emolens.causality._common import (
     token_ids,
 )
 from emolens.io import read_jsonl
+from emolens.scoring import project
 from emolens.stats import (
     ELO_SCALE,
     Estimate,
@@ -55,11 +56,11 @@ from emolens.stats import (
     soft_elo,
     spearman,
 )
+from emolens.steering.interventions import random_direction
+from emolens.stimuli.emotions import CORE_EMOTIONS
 from emolens.tokens import TokenizedBatch, to_inputs
 
 DATA_DIR = Path(__file__).parent / "data"
-KEY_EMOTIONS = ("happy", "inspired", "loving", "proud", "calm", "desperate", "angry", "guilty",
-                "sad", "afraid", "nervous", "surprised")
 QUANT_NOTE = ("default model: SmolLM2-135M-Instruct de-quantised from a Q4_1 GGUF (not the "
               "original bf16 weights)")
 
@@ -223,12 +224,6 @@ def _logit(p: torch.Tensor) -> torch.Tensor:
     return (p / (1 - p)).log()
 
 
-def _random_unit(d_model: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(int(seed))
-    v = torch.randn(d_model, generator=g)
-    return v / v.norm()
-
-
 def _est_dict(e: Estimate) -> dict[str, Any]:
     return e.to_dict()
 
@@ -291,7 +286,7 @@ def shortcut_experiment(
             conds.append((e, float(s_), e))
     if random_controls:
         for s_ in strengths:
-            conds.append(("random", float(s_), _random_unit(int(model.cfg.d_model), seed + 1)))
+            conds.append(("random", float(s_), random_direction(int(model.cfg.d_model), seed=seed + 1)))
     rows = []
     t0 = time.perf_counter()
     first_mask = torch.tensor([m[1] for m in meta])
@@ -499,7 +494,6 @@ def preference_experiment(
         spans.append([(sa, sa + len(acts[i].text)), (sb, sb + len(acts[j].text))])
     mask_a, mask_b = _span_masks(model, batch, spans)
     letters = ab_token_sets(model)
-    V = registry.matrix(site.layer).float()                          # [E, d]
     emos = registry.emotions
     both = torch.stack([mask_a, mask_b], 1)                           # [N, 2, pos]
 
@@ -512,7 +506,7 @@ def preference_experiment(
         sc = score_ab(model, slice_batch(batch, sl), letters, capture=[site.name],
                       max_tokens=10**9)
         x = sc.acts[site.name][0]                                      # [b, pos, d]
-        proj = x @ V.T.to(x.device)                                    # [b, pos, E]
+        proj = project(x.float(), registry, site.layer)                # [b, pos, E]
         m = both[sl].float()                                           # [b, 2, pos]
         readouts.append(torch.einsum("bkp,bpe->bke", m, proj) / m.sum(-1, keepdim=True))
         p_a_list.append(sc.p_a)
@@ -545,7 +539,7 @@ def preference_experiment(
                              "p_a": p_a.numpy(), "letter_mass": mass.numpy()})
     # steering
     if steer_emotions is None:
-        steer_emotions = [e for e in KEY_EMOTIONS if e in emos] or list(emos)
+        steer_emotions = [e for e in CORE_EMOTIONS if e in emos] or list(emos)
     missing = [e for e in steer_emotions if e not in emos]
     if missing:
         raise CausalityError(f"steer_emotions {missing} are not in the registry")
@@ -561,7 +555,7 @@ def preference_experiment(
     which = torch.tensor([p[0] if p[0] in steered else p[1] for p in s_ordered])
     conds: list[tuple[str, Any]] = [(e, e) for e in steer_emotions]
     if random_control:
-        conds.append(("random", _random_unit(int(model.cfg.d_model), seed + 7)))
+        conds.append(("random", random_direction(int(model.cfg.d_model), seed=seed + 7)))
     shift_rows = []
     effects: dict[str, Estimate] = {}
     t1 = time.perf_counter()
@@ -692,7 +686,6 @@ def dose_response(
     site = registry.site(layer)
     temps = list(templates if templates is not None else _load_templates())
     emos = list(registry.emotions if emotions is None else emotions)
-    V = torch.stack([registry.vector(e, site.layer) for e in emos]).float()
     convs, meta = [], []
     for t in temps:
         for v in t.values:
@@ -715,8 +708,8 @@ def dose_response(
                                  stop_at_layer=site.layer + 1, **kw)
         x = store["x"]
         pos = reply_or_last(b).to(x.device)
-        vals.append((x[torch.arange(len(b), device=x.device), pos].float() @ V.T.to(x.device))
-                    .cpu())
+        vals.append(project(x[torch.arange(len(b), device=x.device), pos].float(), registry,
+                            site.layer, emotions=emos).cpu())
     R = torch.cat(vals)
     rows = []
     for k, (tid, v) in enumerate(meta):

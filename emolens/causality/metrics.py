@@ -24,6 +24,7 @@ from emolens.causality._common import (
     position_mask,
     token_ids,
 )
+from emolens.scoring import score
 from emolens.tokens import TokenizedBatch
 
 MetricFn = Callable[..., torch.Tensor]
@@ -162,10 +163,12 @@ def answer_prob(token_ids_: TokenSpec, *, among: TokenSpec | None = None,
 
 def readout_at(registry: Any, layer: int | str | None, emotion: str | Mapping[str, float],
                pos: PositionSpec = "reply") -> Metric:
-    """Projection of the residual at ``registry.site(layer)`` onto the emotion's unit vector, at
-    one position per prompt (the readout of that emotion probe after the intervention)."""
+    """The readout of that emotion probe after the intervention: the centred projection
+    (``emolens.scoring``) of the residual at ``registry.site(layer)`` onto the emotion's unit
+    vector (or a weighted mix of emotions), at one position per prompt."""
     site = registry.site(layer)
     vec = registry.vector(emotion, site.layer)
+    center = registry.center(site.layer)
     name = site.name
 
     def fn(logits: torch.Tensor, batch: TokenizedBatch, acts: dict[str, torch.Tensor],
@@ -174,7 +177,7 @@ def readout_at(registry: Any, layer: int | str | None, emotion: str | Mapping[st
             raise CausalityError(f"readout_at needs activations at {name!r}; run it through an "
                                  "emolens experiment function, which captures them")
         x = _gather_pos(acts[name], batch, pos).float()
-        return x @ vec.to(x.device)
+        return score(x, vec[None], center)[..., 0]
     return Metric(fn, f"readout[{emotion}@{site.layer}]", reads=(name,),
                   higher_means=f"more {emotion} at {name}")
 

@@ -20,7 +20,6 @@ import torch
 from emolens.causality._common import CausalityError, as_batch, forward, reply_or_last
 from emolens.causality.attribution import direction_attribution, direction_logit_effects
 from emolens.causality.behaviour import (
-    KEY_EMOTIONS,
     QUANT_NOTE,
     _shortcut_prompt,
     dose_response,
@@ -31,6 +30,7 @@ from emolens.causality.behaviour import (
 from emolens.causality.maps import patching_map
 from emolens.causality.metrics import contrast_tokens, logit_diff
 from emolens.causality.patching import patch_direction
+from emolens.stimuli.emotions import CORE_EMOTIONS
 
 POSITIVE = ("happy", "inspired", "loving", "proud", "calm")
 NEGATIVE = ("desperate", "angry", "guilty", "sad", "afraid", "nervous")
@@ -232,7 +232,7 @@ def run_causality(model: Any, registry: Any, *, quick: bool = True, layer: int |
     part(caus, "attribution", attribution)
 
     def logit_effects() -> dict[str, Any]:
-        pick = [e for e in KEY_EMOTIONS if e in emos] or emos[:12]
+        pick = [e for e in CORE_EMOTIONS if e in emos] or emos[:12]
         return direction_logit_effects(model, registry, layer=site.layer, emotions=pick,
                                        top_k=8).summary()
 

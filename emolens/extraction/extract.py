@@ -22,6 +22,7 @@ from emolens.extraction.accumulator import ClassMeanAccumulator, MomentAccumulat
 from emolens.extraction.methods import ExtractionData, ExtractionMethod, get_method
 from emolens.extraction.positions import position_mask, validate_policy
 from emolens.registry import EmotionRegistry
+from emolens.scoring import CLASSIFY_RULE, score
 from emolens.sites import Site, resolve_sites
 from emolens.tokens import TextInput, TokenizedBatch, to_inputs
 
@@ -353,8 +354,7 @@ def _finish(model: Any, t0: float, unit: torch.Tensor, center: torch.Tensor,
             default_layer = int(max(accs, key=lambda k: (accs[k], -int(k))))
             chosen_by = "best validation accuracy"
         else:
-            default_layer = sites[min(len(sites) - 1, (2 * len(sites)) // 3)].layer
-            chosen_by = "two-thirds depth (no validation data)"
+            chosen_by = "two-thirds depth (no validation data)"  # the registry's own default
 
     from emolens.models.provenance import model_provenance
 
@@ -414,11 +414,11 @@ def _validation_pass(model: Any, unit: torch.Tensor, center: torch.Tensor, sites
                    labels: torch.Tensor = labels) -> None:
             means, keep = masked_means(act, position_mask(batch, policy))
             means, keep = means.cpu(), keep.cpu()
-            pred = ((means[keep] - center[i]) @ unit[i].T).argmax(-1)
+            pred = score(means[keep], unit[i], center[i]).argmax(-1)
             confusion[i].index_put_((labels[keep], pred), torch.ones(len(pred), dtype=torch.long),
                                     accumulate=True)
             for k, (cdir, ccenter) in enumerate(controls):
-                cpred = ((means[keep] - ccenter[i]) @ cdir[i].T).argmax(-1)
+                cpred = score(means[keep], cdir[i], ccenter[i]).argmax(-1)
                 control_correct[k, i] += int((cpred == labels[keep]).sum())
 
         stream_sites(model, texts, sites, on_val, padding_side=padding_side,
@@ -447,8 +447,7 @@ def _validation_figures(sites: list[Site], n_cls: int, confusion: torch.Tensor,
         "accuracy_by_layer": accs,
         "chance": 1.0 / n_cls,
         "n_texts": int(total[0]),
-        "rule": "argmax over emotions of the centred projection (x - center) . v of each "
-                "held-out text's mean activation x",
+        "rule": CLASSIFY_RULE,
         "confusion_best_layer": confusion[best].tolist(),
         "best_layer": sites[best].layer,
     }

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-CORE_EMOTIONS = ["happy", "inspired", "loving", "proud", "calm", "desperate", "angry", "guilty",
-                 "sad", "afraid", "nervous", "surprised"]
+from emolens.stimuli.emotions import CORE_EMOTIONS
+
 QUICK_EMOTIONS = ["happy", "calm", "desperate", "angry", "sad", "afraid"]
 QUICK_STORIES = 16  # training stories per emotion in --quick
 QUICK_NEUTRAL = 16  # neutral dialogues for the denoising PCA in --quick
@@ -223,16 +223,23 @@ def _section_geometry(ctx: RunContext) -> None:
                                 "(Pearson r, 95% bootstrap interval over emotions)")
         except Exception as e:  # noqa: BLE001 - too few rated emotions in a custom run
             out["affect_correlation"] = {"error": str(e)}
-    ctx.report.add_figure(G.plot_pca(pca, ratings), "Emotion vectors on PC1 and PC2, coloured "
-                          "by valence rating")
+    from emolens.views import plot_emotion_pca, plot_layer_similarity
+
+    ctx.report.add_figure(plot_emotion_pca(pca.coords, pca.emotions,
+                                           valence={e: r[0] for e, r in ratings.items()},
+                                           explained=pca.explained_variance_ratio,
+                                           title=f"Emotion directions at {pca.hook}"),
+                          "Emotion vectors on PC1 and PC2, coloured by valence rating")
     k = min(10, max(2, len(reg.emotions) // 3))
     clusters = G.emotion_clusters(reg, k=k, seed=ctx.config.seed)
     out["clusters"] = clusters.to_dict()
     ctx.report.add_html(clusters._repr_html_(), f"k-means clusters (k = {k}, cosine)")
     sim = G.cross_layer_similarity(reg)
     out["cross_layer_similarity"] = sim.to_dict()
-    ctx.report.add_figure(G.plot_cross_layer(sim), "Cross-layer stability of the emotion "
-                          "similarity structure (r between layers' cosine matrices)")
+    ctx.report.add_figure(plot_layer_similarity(sim.matrix, sim.layers,
+                                                colorbar_label="Pearson r of off-diagonal cosines"),
+                          "Cross-layer stability of the emotion similarity structure (r between "
+                          "layers' cosine matrices)")
     ll = G.logit_lens(ctx.model, reg, k=8, emotions=[e for e in CORE_EMOTIONS if e in reg.emotions]
                       or None)
     top = (ll[ll["rank"] < 8].groupby("emotion")["promoted"]

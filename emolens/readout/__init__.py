@@ -16,7 +16,7 @@ _LAZY = {
     "hidden_emotion_check": "emolens.readout.hidden",
     "neutral_baseline": "emolens.readout.hidden",
     "Readout": "emolens.readout.readout",
-    "project": "emolens.readout.readout",
+    "project": "emolens.scoring",
     "read_emotions": "emolens.readout.readout",
 }
 __all__ = sorted(_LAZY)

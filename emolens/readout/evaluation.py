@@ -31,10 +31,10 @@ from jaxtyping import Float, Int
 from emolens.errors import FormatError, InputError
 from emolens.io import read_jsonl
 from emolens.registry import EmotionRegistry
+from emolens.scoring import CLASSIFY_RULE, score
 from emolens.tokens import TextInput
 
-RULE = ("argmax over emotions of the centred projection (x - center) . v of each held-out "
-        "text's mean activation x")
+RULE = CLASSIFY_RULE
 DATA_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv"}
 
 __all__ = ["Evaluation", "evaluate", "load_labelled"]
@@ -438,7 +438,7 @@ def evaluate(model: Any, registry: EmotionRegistry, texts: Any, labels: Sequence
         def on_site(i: int, act: torch.Tensor, batch: Any, idx: torch.Tensor = idx) -> None:
             means, keep = masked_means(act, position_mask(batch, policy))
             means, keep = means.cpu(), keep.cpu()
-            scores[i, idx] = (means - centers[i]) @ units[i].T
+            scores[i, idx] = score(means, units[i], centers[i])
             if i == 0:
                 has_pos[idx] = keep
 

@@ -1,10 +1,8 @@
 """Readouts: emotion scores per token, per layer, per emotion.
 
-A score is the projection of the residual stream at a registry site onto an emotion's unit
-vector (``kind="projection"``, the study's "emotion probe"), or its cosine (``kind="cosine"``).
-By default the registry's ``center`` (the stimulus mean at the site) is subtracted first: this
-changes each emotion's score by a constant, and makes scores of different emotions comparable
-(argmax over emotions, scenario matrices). ``centered=False`` gives the raw projection.
+Scores follow the one rule of ``emolens.scoring``: the centred projection ``(x - center) . v``
+of the residual stream at a registry site onto an emotion's unit vector (the study's "emotion
+probe"; ``kind="cosine"`` for cosines, ``centered=False`` for the raw projection).
 ``read_emotions`` reads every requested layer in one forward pass that stops after the deepest.
 """
 from __future__ import annotations
@@ -19,23 +17,8 @@ from jaxtyping import Bool, Float, Int
 
 from emolens.errors import InputError
 from emolens.registry import EmotionRegistry
+from emolens.scoring import check_kind, score
 from emolens.tokens import to_inputs
-
-
-def project(resid: Float[torch.Tensor, "... d_model"], registry: EmotionRegistry,
-            layer: int | None = None, *, kind: str = "projection", centered: bool = True
-            ) -> Float[torch.Tensor, "... emotion"]:
-    """Scores of residual vectors at one registry layer: ``(resid - center) @ unit.T`` (or
-    cosines; ``centered=False`` gives the raw projection ``resid @ unit.T``)."""
-    mat = registry.matrix(layer).to(resid.device, resid.dtype)
-    if centered:
-        resid = resid - registry.center(layer).to(resid.device, resid.dtype)
-    scores = resid @ mat.T
-    if kind == "cosine":
-        scores = scores / resid.norm(dim=-1, keepdim=True).clamp(min=1e-8)
-    elif kind != "projection":
-        raise InputError(f"kind must be 'projection' or 'cosine', got {kind!r}")
-    return scores
 
 
 @dataclass
@@ -147,7 +130,7 @@ class Readout:
 def read_emotions(model: Any, registry: EmotionRegistry, texts: Any, *, layer: int | None = None,
                   layers: Sequence[int] | str | None = None, batch_size: int = 16,
                   padding_side: str = "right", kind: str = "projection", centered: bool = True,
-                  strict: bool = True) -> Readout:
+                  strict: bool = True, distributed: bool | str | None = "auto") -> Readout:
     """Read every emotion of ``registry`` on ``texts`` (strings and/or chat conversations).
 
     ``layer``: one layer (default the registry's ``default_layer``) -> ``scores`` is
@@ -156,6 +139,9 @@ def read_emotions(model: Any, registry: EmotionRegistry, texts: Any, *, layer: i
     Raises ``InputError`` for an empty list, empty text or text longer than the context, and
     ``ModelMismatchError`` for a registry built on another model (``strict=False`` relaxes the
     id check; shapes must still match).
+    ``distributed`` (``emolens.distributed``): under an initialised process group each rank
+    reads a token-balanced share of the rows and every rank returns the whole readout, rows in
+    input order (the sum of the ranks' disjoint rows; exact).
     """
     registry.check_model(model, strict=strict)
     if layers is not None and layer is not None:
@@ -170,9 +156,7 @@ def read_emotions(model: Any, registry: EmotionRegistry, texts: Any, *, layer: i
     else:
         use = sorted({int(x) for x in layers})
     sites = [registry.site(x) for x in use]  # validates every layer
-    if kind not in ("projection", "cosine"):
-        raise InputError(f"kind must be 'projection' or 'cosine', got {kind!r}")
-    from emolens.extraction.extract import stream_sites
+    check_kind(kind)
     from emolens.tokens import _normalise_inputs
 
     items = _normalise_inputs(texts)
@@ -180,26 +164,41 @@ def read_emotions(model: Any, registry: EmotionRegistry, texts: Any, *, layer: i
     n, width = batch.tokens.shape
     scores = torch.zeros(n, width, len(sites), len(registry.emotions))
     mats = [registry.matrix(x) for x in use]
-    centers = [registry.center(x) if centered else torch.zeros(registry.d_model) for x in use]
-    for start in range(0, n, batch_size):
-        rows = slice(start, min(n, start + batch_size))
+    centers = [registry.center(x) if centered else None for x in use]
+    from emolens.distributed import context, shard_by_tokens
 
-        def on_site(i: int, act: torch.Tensor, sub: Any, rows: slice = rows) -> None:
-            x = act - centers[i].to(act.device)
-            s = x @ mats[i].to(act.device).T
-            if kind == "cosine":
-                s = s / x.norm(dim=-1, keepdim=True).clamp(min=1e-8)
-            s = s.cpu()  # scored on the model's device; only [batch, pos, emotion] is copied
-            w = act.shape[1]  # chunk width: the same rows padded to the chunk's longest
-            if padding_side == "right":
-                scores[rows, :w, i] = s
-            else:
-                scores[rows, width - w:, i] = s
-
-        stream_sites(model, items[rows], sites, on_site, padding_side=padding_side)
+    ctx = context(distributed)
+    mine = (shard_by_tokens(batch.lengths.tolist(), ctx.world_size)[ctx.rank] if ctx.active
+            else list(range(n)))
+    with ctx.guard("readout"):
+        _read_rows(model, items, mine, sites, mats, centers, kind, scores, width, batch_size,
+                   padding_side)
+    ctx.all_reduce_([scores])  # each row is non-zero on one rank only
     scores = scores * batch.attention_mask[:, :, None, None]
     shown = use[0] if single else (registry.default_layer if registry.default_layer in use
                                    else use[-1])
     return Readout(scores, registry.emotions, use, batch.str_tokens(model),
                    batch.attention_mask.bool(), batch.content_mask, batch.reply_pos, shown,
                    batch.texts, kind, single, centered)
+
+
+def _read_rows(model: Any, items: list[Any], mine: list[int], sites: list[Any],
+               mats: list[torch.Tensor], centers: list[Any], kind: str, scores: torch.Tensor,
+               width: int, batch_size: int, padding_side: str) -> None:
+    """Fill ``scores[row]`` for the rows ``mine``, ``batch_size`` rows per forward."""
+    from emolens.extraction.extract import stream_sites
+
+    for start in range(0, len(mine), batch_size):
+        rows = torch.tensor(mine[start:start + batch_size], dtype=torch.long)
+
+        def on_site(i: int, act: torch.Tensor, sub: Any, rows: torch.Tensor = rows) -> None:
+            # scored on the model's device; only [batch, pos, emotion] is copied
+            s = score(act, mats[i], centers[i], kind=kind).cpu()
+            w = act.shape[1]  # chunk width: the same rows padded to the chunk's longest
+            if padding_side == "right":
+                scores[rows, :w, i] = s
+            else:
+                scores[rows, width - w:, i] = s
+
+        stream_sites(model, [items[j] for j in rows.tolist()], sites, on_site,
+                     padding_side=padding_side)

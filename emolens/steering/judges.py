@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from emolens.errors import InputError, SteeringError, unknown_name_message
+from emolens.scoring import score
 
 NARRATOR_QUESTION = "\nHow does the narrator feel? They feel"
 CHAT_QUESTION = "In one word, how does the narrator of your last reply feel?"
@@ -246,7 +247,7 @@ class DirectionJudge:
         with torch.no_grad():
             _, cache = inp.model.run_with_cache(toks, names_filter=[site.name],
                                                 stop_at_layer=site.layer + 1, **kwargs)
-        proj = cache[site.name].float() @ self.vector.to(device)
+        proj = score(cache[site.name].float(), self.vector[None])[..., 0]  # raw: no centre
         gen = am.bool().clone()
         gen[:, : inp.prompt_len] = False
         counts = gen.sum(-1).clamp(min=1)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import io
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,6 +29,7 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
 from emolens.errors import InputError
+from emolens.stats import spearman_r
 
 ArrayLike = torch.Tensor | np.ndarray | Sequence[Any]
 _UP = ("up", "increase", "+", "rise", "higher")
@@ -94,22 +94,6 @@ def _direction(value: str | int | float, emotion: str) -> int:
         return -1
     raise InputError(f"expected direction for {emotion!r} must be 'up' or 'down' (or +1/-1), "
                      f"got {value!r}")
-
-
-def _spearman(x: np.ndarray, y: np.ndarray) -> float:
-    def rank(v: np.ndarray) -> np.ndarray:
-        order = np.argsort(v, kind="mergesort")
-        r = np.empty(len(v))
-        r[order] = np.arange(len(v), dtype=np.float64)
-        for val in np.unique(v):  # average ranks of ties
-            tie = v == val
-            r[tie] = r[tie].mean()
-        return r
-
-    rx, ry = rank(x), rank(y)
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    den = math.sqrt(float((rx ** 2).sum() * (ry ** 2).sum()))
-    return float((rx * ry).sum() / den) if den > 0 else float("nan")
 
 
 # ------------------------------------------------------------------------------ figures
@@ -258,8 +242,21 @@ def plot_heatmap(matrix: ArrayLike, row_labels: Sequence[str] | None = None,
 
 
 def plot_cosine_matrix(matrix: ArrayLike, labels: Sequence[str], *, title: str | None = None,
-                       ax: Axes | None = None) -> Figure:
-    """Emotion x emotion cosine similarities on a fixed -1..+1 scale."""
+                       order: Sequence[str] | None = None, ax: Axes | None = None) -> Figure:
+    """Emotion x emotion cosine similarities on a fixed -1..+1 scale (e.g.
+    ``emolens.geometry.cosine_matrix``). ``order`` re-orders rows and columns (e.g.
+    ``emotion_clusters(...).order()``)."""
+    labels = [str(x) for x in labels]
+    if order is not None:
+        m = _arr(matrix, "matrix", 2)
+        _same_len(m, len(labels), "matrix rows", "labels")
+        order = [str(x) for x in order]
+        bad = sorted({e for e in order if e not in labels or order.count(e) > 1})
+        if bad or len(order) != len(labels):
+            raise InputError(f"order must list each of the {len(labels)} labels once; unknown, "
+                             f"repeated or missing: {bad or sorted(set(labels) - set(order))}")
+        idx = [labels.index(e) for e in order]
+        matrix, labels = m[np.ix_(idx, idx)], order
     return plot_heatmap(matrix, labels, labels, vmin=-1.0, vmax=1.0, cmap="RdBu_r",
                         colorbar_label="cosine similarity", annotate=False, ax=ax,
                         title=title or "Cosine similarity between emotion directions")
@@ -349,7 +346,7 @@ def plot_dose_response(values: ArrayLike, scores: Mapping[str, ArrayLike], *,
         y = _arr(vals, f"scores[{name!r}]", 1)
         _same_len(y, len(x), f"scores[{name!r}]", "template values")
         label = str(name)
-        rho = _spearman(x, y) if len(x) > 1 else float("nan")
+        rho = spearman_r(x, y)
         obs = "↑" if rho > 0 else "↓" if rho < 0 else "–"
         ls = "-"
         if name in expected:

@@ -20,9 +20,6 @@ from emolens.geometry import (
     emotion_clusters,
     emotion_pca,
     logit_lens,
-    plot_cosine,
-    plot_cross_layer,
-    plot_pca,
 )
 from emolens.registry import EmotionRegistry
 from emolens.sites import Site
@@ -433,27 +430,37 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def test_figures_render():
+def test_geometry_results_feed_the_views_figures():
     from matplotlib.figure import Figure
+
+    from emolens.views import plot_cosine_matrix, plot_emotion_pca, plot_layer_similarity
 
     reg, val, ar = planted_affect(12)
     pca = emotion_pca(reg)
     ratings = {e: r for e, r in list(ratings_of(reg, val, ar).items())[:8]}
-    for fig in (plot_pca(pca), plot_pca(pca, ratings), pca.plot(ratings, pcs=(1, 3)),
-                plot_cosine(cosine_matrix(reg), reg.emotions),
-                plot_cosine(cosine_matrix(reg), reg.emotions, order=reg.emotions[::-1])):
+    valence = {e: r[0] for e, r in ratings.items()}
+    cos = cosine_matrix(reg)
+    for fig in (plot_emotion_pca(pca.coords, pca.emotions),
+                plot_emotion_pca(pca.coords, pca.emotions, valence=valence,
+                                 explained=pca.explained_variance_ratio, pcs=(1, 3)),
+                plot_cosine_matrix(cos, reg.emotions)):
         assert isinstance(fig, Figure) and _png(fig).startswith(b"\x89PNG")
+    # order= really re-orders rows and columns
+    rev = plot_cosine_matrix(cos, reg.emotions, order=reg.emotions[::-1])
+    shown = rev.axes[0].images[0].get_array()
+    assert torch.allclose(torch.as_tensor(shown.data, dtype=torch.float64),
+                          cos.flip(0).flip(1).double(), atol=1e-6)
     two = make_registry(torch.randn(2, 5, 8), layers=[1, 2])
     sim = cross_layer_similarity(two)
-    for fig in (plot_cross_layer(sim), sim.plot(), plot_cross_layer(sim.matrix, sim.layers)):
-        assert isinstance(fig, Figure) and _png(fig).startswith(b"\x89PNG")
+    fig = plot_layer_similarity(sim.matrix, sim.layers)
+    assert _png(fig).startswith(b"\x89PNG")
     outer = Figure()
     ax = outer.add_subplot()
-    assert plot_cosine(cosine_matrix(reg), reg.emotions, ax=ax) is outer
-    with pytest.raises(InputError, match="order must list distinct"):
-        plot_cosine(cosine_matrix(reg), reg.emotions, order=["zzz"])
-    with pytest.raises(InputError, match="layer labels"):
-        plot_cross_layer(sim.matrix, [1, 2, 3])
+    assert plot_cosine_matrix(cos, reg.emotions, ax=ax) is outer
+    with pytest.raises(InputError, match="order must list each"):
+        plot_cosine_matrix(cos, reg.emotions, order=["zzz"])
+    with pytest.raises(InputError, match="labels"):
+        plot_layer_similarity(sim.matrix, [1, 2, 3])
 
 
 def test_pca_to_dict_is_json_and_html_names_the_ends():
