@@ -114,15 +114,56 @@ def render_chat(model: Any, messages: Conversation, *, add_generation_prompt: bo
     ``add_generation_prompt`` defaults to True when the last message is not the assistant's.
     """
     tok = model.tokenizer
+    if add_generation_prompt is None:
+        add_generation_prompt = messages[-1].get("role") != "assistant"
+    facts = _catalogue_facts(model)
+    if facts is not None and facts.chat_template is None:
+        return render_plain_dialogue(messages, add_generation_prompt=add_generation_prompt)
     if getattr(tok, "chat_template", None) is None:
         raise InputError(
             f"model {getattr(model.cfg, 'model_name', '?')!r} has no chat template, so chat "
             "messages cannot be rendered; pass plain strings instead"
         )
-    if add_generation_prompt is None:
-        add_generation_prompt = messages[-1].get("role") != "assistant"
     return str(tok.apply_chat_template(messages, tokenize=False,
                                        add_generation_prompt=add_generation_prompt))
+
+
+def _catalogue_facts(model: Any) -> Any:
+    """The model's catalogue entry (``emolens.models.catalogue``), or None for other models."""
+    from emolens.models.catalogue import facts_for_model
+
+    return facts_for_model(model)
+
+
+def render_plain_dialogue(messages: Conversation, *, add_generation_prompt: bool = True) -> str:
+    """Render a dialogue for a base model without a chat template.
+
+    One line per message, ``"User: ..."`` / ``"Assistant: ..."`` / ``"System: ..."``, joined by
+    newlines; the generation prompt is a last line ``"Assistant:"`` (no trailing space), whose
+    ``:`` is then the reply-opening token. ``to_inputs`` prepends the model's BOS.
+    """
+    from emolens.models.catalogue import PLAIN_DIALOGUE_ROLES
+
+    lines = []
+    for m in messages:
+        role = str(m.get("role", ""))
+        label = PLAIN_DIALOGUE_ROLES.get(role, role.capitalize())
+        lines.append(f"{label}: {m['content']}")
+    if add_generation_prompt:
+        lines.append(f"{PLAIN_DIALOGUE_ROLES['assistant']}:")
+    return "\n".join(lines)
+
+
+def _bos_for(model: Any, chat: bool) -> bool:
+    """Whether a BOS is prepended: the catalogue's fact for catalogue models (a chat template
+    supplies its own first token; the plain dialogue rendering gets the model's BOS), else the
+    model's ``default_prepend_bos`` for strings and none for chat-template output."""
+    facts = _catalogue_facts(model)
+    if facts is not None:
+        if chat and facts.chat_template is not None:
+            return False
+        return facts.bos is not None
+    return False if chat else bool(getattr(model.cfg, "default_prepend_bos", True))
 
 
 def _encode(model: Any, text: str, prepend_bos: bool) -> list[int]:
@@ -148,15 +189,16 @@ def to_inputs(model: Any, inputs: Any, *, padding_side: str = "right",
     texts: list[str] = []
     for i, x in enumerate(items):
         if isinstance(x, str):
-            ids = _encode(model, x, prepend_bos=bool(getattr(model.cfg, "default_prepend_bos", True)))
+            ids = _encode(model, x, prepend_bos=_bos_for(model, chat=False))
             rpos = -1
             texts.append(x)
         else:
             rendered = render_chat(model, x)
-            ids = _encode(model, rendered, prepend_bos=False)
+            chat_bos = _bos_for(model, chat=True)
+            ids = _encode(model, rendered, prepend_bos=chat_bos)
             if x[-1].get("role") == "assistant":
                 prefix = render_chat(model, x[:-1], add_generation_prompt=True)
-                rpos = len(_encode(model, prefix, prepend_bos=False)) - 1
+                rpos = len(_encode(model, prefix, prepend_bos=chat_bos)) - 1
             else:
                 rpos = len(ids) - 1
             texts.append(rendered)

@@ -248,7 +248,9 @@ def load_model(name: str | None = None, *, device: str | torch.device | None = N
 
     Args:
         name: ``None`` for the embedded offline default (SmolLM2-135M-Instruct, Q4_1 GGUF
-            de-quantised to float32 and cached); otherwise a hub name or a local folder.
+            de-quantised to float32 and cached); a catalogue name or alias
+            (``emolens models list``, e.g. ``"qwen2.5-coder-0.5b"``: installed with
+            ``emolens models install NAME``); otherwise a hub name or a local folder.
         device: where to put the model (default: TransformerLens's choice).
         dtype: parameter dtype (float32 default).
         cache_dir: cache folder for the converted default model (default ``$EMOLENS_CACHE``
@@ -265,7 +267,17 @@ def load_model(name: str | None = None, *, device: str | torch.device | None = N
             raise ModelNotAvailableError(
                 f"model name must be a non-empty string or None (the default), got {name!r}"
             )
-        model = _load_named(name, device, dtype)
+        from emolens.models.catalogue import find_model
+
+        entry = find_model(name)
+        if entry is not None and entry.default:
+            model = _load_default(device, dtype, cache_dir)
+        elif entry is not None:
+            from emolens.models.install import load_catalogue_model
+
+            model = load_catalogue_model(entry, device, dtype, cache_dir)
+        else:
+            model = _load_named(name, device, dtype)
     model.eval()
     _ = time.perf_counter() - t0
     return model
