@@ -12,7 +12,8 @@ A corpus is a set of JSON records (one per line in ``.jsonl`` files) of four kin
   (``{emotion: "up" | "down"}``); optional ``topic``; dose-response prompts.
 
 Every record may also carry ``split`` (it must equal the split derived from its id, see
-``split_of``) and ``meta`` (any JSON object, e.g. how a generated story was made). Loading
+``split_of``: ``train`` / ``dev`` / ``test`` by the id's sha256; ``validation`` is accepted as
+the older name of the held-out union ``dev`` + ``test``) and ``meta`` (any JSON object, e.g. how a generated story was made). Loading
 validates every record before anything is returned and raises one ``CorpusError`` naming the
 file, line and field of the first problem. Stories must not contain their emotion's forbidden
 words (whole-word, case-insensitive) nor the emotion word itself.
@@ -39,11 +40,15 @@ if TYPE_CHECKING:  # pragma: no cover
 
 DATA_DIR = Path(__file__).parent / "data"
 KINDS = ("story", "neutral", "scenario", "template")
-SPLITS = ("train", "validation")
+SPLITS = ("train", "dev", "test")
+#: the held-out splits; ``stories(split="validation")`` returns their union (the old single
+#: held-out split, same ids): choices are made on ``dev`` and figures reported on ``test``
+HELD_OUT = ("dev", "test")
+SPLIT_NAMES = (*SPLITS, "validation")
 PERSONS = ("first", "second", "third")
 ROLES = ("system", "user", "assistant")
 DIRECTIONS = ("up", "down")
-VALIDATION_MODULUS = 5  # one id in five (by hash) is held out
+VALIDATION_MODULUS = 5  # one id in five (by hash) is held out: half dev, half test
 
 # kind -> (required fields, optional fields)
 FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -59,9 +64,16 @@ ForbiddenSpec = Mapping[str, Sequence[str]] | str | os.PathLike[str] | None
 
 
 def split_of(record_id: str) -> str:
-    """``"validation"`` for about one id in five (by sha256 of the id), else ``"train"``."""
+    """The split of an id, from ``h`` = the first 32 bits of sha256(id): ``"dev"`` when
+    ``h % 10 == 0``, ``"test"`` when ``h % 10 == 5`` (one id in ten each), else ``"train"``.
+
+    The held-out union (``h % 5 == 0``) is the earlier single validation split, so training
+    sets are unchanged by the dev/test division.
+    """
     h = int(hashlib.sha256(record_id.encode("utf-8")).hexdigest()[:8], 16)
-    return "validation" if h % VALIDATION_MODULUS == 0 else "train"
+    if h % VALIDATION_MODULUS:
+        return "train"
+    return "dev" if h % (2 * VALIDATION_MODULUS) == 0 else "test"
 
 
 @dataclass(frozen=True)
@@ -273,9 +285,9 @@ def parse_record(obj: Any, where: str = "record") -> Record:
     derived = split_of(rid)
     if "split" in obj:
         split = obj["split"]
-        if not isinstance(split, str) or split not in SPLITS:
-            raise _err(where, "split", f"{split!r:.40} is not one of {list(SPLITS)}")
-        if split != derived:
+        if not isinstance(split, str) or split not in SPLIT_NAMES:
+            raise _err(where, "split", f"{split!r:.40} is not one of {list(SPLIT_NAMES)}")
+        if split != derived and not (split == "validation" and derived in HELD_OUT):
             raise _err(where, "split", f"is {split!r} but the split derived from the id "
                                        f"{rid!r} is {derived!r}; remove the field or fix it")
     fields: dict[str, Any] = {"id": rid, "kind": kind, "split": derived}
@@ -385,8 +397,8 @@ class Corpus:
     """A validated, immutable set of stimulus records.
 
     Build one with ``load_corpus()`` (bundled), ``Corpus.from_jsonl(path)`` or
-    ``Corpus.from_records(dicts)``. Stories carry a deterministic ``split`` (about 20% of ids
-    are ``"validation"``).
+    ``Corpus.from_records(dicts)``. Stories carry a deterministic ``split`` (``split_of``:
+    about 10% of ids are ``"dev"``, 10% ``"test"``, the rest ``"train"``).
     """
 
     def __init__(self, records: Iterable[Record], *,
@@ -511,13 +523,15 @@ class Corpus:
 
     def stories(self, emotion: str | Sequence[str] | None = None,
                 split: str | None = None) -> list[Record]:
-        """Story records, optionally of one emotion (or several) and one split."""
+        """Story records, optionally of one emotion (or several) and one split (``"train"``,
+        ``"dev"``, ``"test"``, or ``"validation"`` for dev and test together)."""
         wanted = self._check_emotions(emotion)
-        if split is not None and split not in SPLITS:
-            raise CorpusError(unknown_name_message("split", split, SPLITS))
+        if split is not None and split not in SPLIT_NAMES:
+            raise CorpusError(unknown_name_message("split", split, SPLIT_NAMES))
         return [r for r in self._records if r.kind == "story"
                 and (wanted is None or r.emotion in wanted)
-                and (split is None or r.split == split)]
+                and (split is None or r.split == split
+                     or (split == "validation" and r.split in HELD_OUT))]
 
     def texts(self, emotion: str | Sequence[str] | None = None,
               split: str | None = None) -> list[str]:
@@ -573,7 +587,7 @@ class Corpus:
     # ---- statistics
 
     def stats(self) -> pd.DataFrame:
-        """One row per emotion: stories, train, validation, topics, words (mean/min/max),
+        """One row per emotion: stories, train, validation (= dev + test), dev, test, topics, words (mean/min/max),
         share of first-person stories."""
         import pandas as pd
 
@@ -586,7 +600,9 @@ class Corpus:
                 "emotion": emo,
                 "stories": len(recs),
                 "train": sum(r.split == "train" for r in recs),
-                "validation": sum(r.split == "validation" for r in recs),
+                "validation": sum(r.split in HELD_OUT for r in recs),
+                "dev": sum(r.split == "dev" for r in recs),
+                "test": sum(r.split == "test" for r in recs),
                 "topics": len({r.topic for r in recs if r.topic}),
                 "words_mean": sum(n_words) / len(n_words),
                 "words_min": min(n_words),
@@ -594,7 +610,8 @@ class Corpus:
                 "first_person": (sum(r.person == "first" for r in with_person) / len(with_person)
                                  if with_person else float("nan")),
             })
-        columns = ["stories", "train", "validation", "topics", "words_mean", "words_min",
+        columns = ["stories", "train", "validation", "dev", "test", "topics", "words_mean",
+                   "words_min",
                    "words_max", "first_person"]
         if not rows:
             return pd.DataFrame(columns=columns, index=pd.Index([], name="emotion"))
@@ -610,7 +627,9 @@ class Corpus:
             "n_emotions": len(self.emotions),
             "n_stories": len(stories),
             "n_train": sum(r.split == "train" for r in stories),
-            "n_validation": sum(r.split == "validation" for r in stories),
+            "n_validation": sum(r.split in HELD_OUT for r in stories),
+            "n_dev": sum(r.split == "dev" for r in stories),
+            "n_test": sum(r.split == "test" for r in stories),
             "n_topics": len(self.topics),
             "words_mean": round(sum(n_words) / len(n_words), 1) if n_words else 0.0,
             "words_min": min(n_words) if n_words else 0,

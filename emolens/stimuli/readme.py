@@ -29,7 +29,8 @@ def stats_markdown(corpus: Corpus) -> str:
     s = corpus.summary()
     lines = [
         f"{s['n_emotions']} emotions, {s['n_stories']} stories ({s['n_train']} train, "
-        f"{s['n_validation']} validation) on {s['n_topics']} topics; words per story: mean "
+        f"{s['n_validation']} held out: {s['n_dev']} dev, {s['n_test']} test) on "
+        f"{s['n_topics']} topics; words per story: mean "
         f"{s['words_mean']}, min {s['words_min']}, max {s['words_max']}. "
         f"{s['neutral']} neutral dialogues, {s['scenarios']} scenarios, {s['templates']} "
         f"templates. Version {s['version']}, content hash `{s['content_hash'][:16]}`.",

@@ -151,12 +151,20 @@ def test_splits_deterministic_and_about_a_fifth(corpus):
     stories = corpus.stories()
     for r in stories:
         h = int(hashlib.sha256(r.id.encode()).hexdigest()[:8], 16)
-        assert r.split == ("validation" if h % 5 == 0 else "train") == split_of(r.id)
+        want = "train" if h % 5 else ("dev" if h % 10 == 0 else "test")
+        assert r.split == want == split_of(r.id)
     assert load_corpus().stories() == stories  # same records, same splits on a second load
-    share = sum(r.split == "validation" for r in stories) / len(stories)
+    share = sum(r.split in ("dev", "test") for r in stories) / len(stories)
     assert 0.15 <= share <= 0.25
+    for held in ("dev", "test"):
+        assert 0.06 <= sum(r.split == held for r in stories) / len(stories) <= 0.14
     df = corpus.stats()
     assert (df.train + df.validation == df.stories).all()
+    assert (df.dev + df.test == df.validation).all()
+    # "validation" is the held-out union, and dev / test never share a story
+    dev, test = corpus.stories(split="dev"), corpus.stories(split="test")
+    assert not {r.id for r in dev} & {r.id for r in test}
+    assert {r.id for r in corpus.stories(split="validation")} == {r.id for r in dev + test}
     few = df[df.validation < 3].validation.to_dict()
     assert not few, f"emotions with fewer than 3 validation stories: {few}"
     assert ((df.validation / df.stories) <= 0.45).all()
@@ -202,7 +210,7 @@ def test_corpus_api(corpus):
     with pytest.raises(CorpusError, match="did you mean 'calm'"):
         corpus.stories("clam")
     with pytest.raises(CorpusError, match="split"):
-        corpus.stories(split="test")
+        corpus.stories(split="heldout")
     r = calm[0]
     assert isinstance(r, Record) and r.messages is None and r.values is None and r.expected is None
     with pytest.raises(AttributeError):
@@ -213,7 +221,8 @@ def test_corpus_api(corpus):
                 "neutral", "scenarios", "templates"):
         assert key in s
     assert s["n_stories"] == len(corpus.stories()) == int(corpus.stats().stories.sum())
-    assert list(corpus.stats().columns) == ["stories", "train", "validation", "topics",
+    assert list(corpus.stats().columns) == ["stories", "train", "validation", "dev", "test",
+                                            "topics",
                                             "words_mean", "words_min", "words_max",
                                             "first_person"]
     assert "48 emotions" in repr(corpus) or f"{s['n_emotions']} emotions" in repr(corpus)
@@ -275,7 +284,8 @@ BAD_LINES = [
     (_rec(text=...), "text", "missing"),
     (_rec(kind="poem"), "kind", "unknown kind"),
     (_rec(kind=...), "kind", "missing"),
-    (_rec(split="test"), "split", "not one of"),
+    (_rec(split="holdout"), "split", "not one of"),
+    (_rec(id=_id_in("dev"), split="test"), "split", "derived"),
     (_rec(id=_id_in("train"), split="validation"), "split", "derived"),
     (_rec(text="   "), "text", "empty"),
     (_rec(emotion=5), "emotion", "must be a string"),
