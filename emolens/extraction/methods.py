@@ -130,13 +130,15 @@ class PCAPairs:
 
 
 class Probe:
-    """Multinomial logistic regression on per-text means (standardised), one fit per site."""
+    """Multinomial logistic regression on per-text means (standardised), one fit per site.
+
+    Full-batch Adam from zero weights: deterministic, so there is no seed."""
 
     name = "probe"
     needs_features = True
 
-    def __init__(self, l2: float = 1e-2, steps: int = 300, lr: float = 0.05, seed: int = 0):
-        self.l2, self.steps, self.lr, self.seed = float(l2), int(steps), float(lr), int(seed)
+    def __init__(self, l2: float = 1e-2, steps: int = 300, lr: float = 0.05):
+        self.l2, self.steps, self.lr = float(l2), int(steps), float(lr)
 
     def fit(self, data: ExtractionData) -> Float[torch.Tensor, "site cls d_model"]:
         if data.features is None or data.labels is None:
@@ -148,24 +150,22 @@ class Probe:
             x = x_all[:, s]
             mu, sd = x.mean(0), x.std(0).clamp(min=1e-6)
             z = (x - mu) / sd
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.seed)
-                w = torch.zeros(x.shape[1], n_cls, requires_grad=True)
-                b = torch.zeros(n_cls, requires_grad=True)
-                opt = torch.optim.Adam([w, b], lr=self.lr)
-                with torch.enable_grad():
-                    for _ in range(self.steps):
-                        opt.zero_grad()
-                        loss = torch.nn.functional.cross_entropy(z @ w + b, y) + self.l2 * (w ** 2).sum()
-                        loss.backward()
-                        opt.step()
+            w = torch.zeros(x.shape[1], n_cls, requires_grad=True)
+            b = torch.zeros(n_cls, requires_grad=True)
+            opt = torch.optim.Adam([w, b], lr=self.lr)
+            with torch.enable_grad():
+                for _ in range(self.steps):
+                    opt.zero_grad()
+                    loss = torch.nn.functional.cross_entropy(z @ w + b, y) + self.l2 * (w ** 2).sum()
+                    loss.backward()
+                    opt.step()
             weights = (w.detach() / sd[:, None]).T  # back to the residual basis: [cls, d]
             out.append(weights - weights.mean(0, keepdim=True))
         return torch.stack(out)
 
     def params(self) -> dict[str, Any]:
-        return {"l2": self.l2, "steps": self.steps, "lr": self.lr, "seed": self.seed,
-                "standardise": True}
+        return {"l2": self.l2, "steps": self.steps, "lr": self.lr, "standardise": True,
+                "init": "zeros, full batch (deterministic)"}
 
 
 METHODS: dict[str, Callable[..., ExtractionMethod]] = {

@@ -137,12 +137,59 @@ def test_neutral_projector_explains_requested_share():
 
 
 @pytest.mark.parametrize("method", ["pca_pairs", "probe"])
-def test_other_methods_give_unit_directions_that_separate_classes(tiny, method):
+def test_other_methods_run_end_to_end_with_unit_directions(tiny, method):
     params = {"steps": 200} if method == "probe" else {}
     reg = extract_emotions(tiny, TEXTS, layers=[3], method=method, progress=False, neutral=[],
                            **params)
     assert torch.allclose(reg.matrix(3).norm(dim=-1), torch.ones(3), atol=1e-5)
     assert reg.metadata["method"]["name"] == method
+
+
+def _planted_features(n_per_class=30, d=16, noise=0.3, seed=0):
+    """Per-text features: class c sits at 2 * e_c plus isotropic noise (a planted separation)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(3).repeat_interleave(n_per_class)
+    offsets = torch.zeros(3, d)
+    offsets[torch.arange(3), torch.arange(3)] = 2.0
+    feats = offsets[labels] + noise * torch.randn(len(labels), d, generator=g)
+    return feats[:, None].double(), labels, offsets
+
+
+@pytest.mark.parametrize("method", ["mean_diff", "pca_pairs", "probe"])
+def test_every_method_finds_a_planted_separation(method):
+    from emolens.scoring import score
+
+    feats, labels, offsets = _planted_features()
+    cm = torch.stack([feats[labels == c].mean(0) for c in range(3)], 1)  # [site, cls, d]
+    data = ExtractionData([Site(0, "blocks.0.hook_resid_post")], ["a", "b", "c"], cm,
+                          torch.bincount(labels).double(), None, feats, labels)
+    dirs = get_method(method).fit(data)[0].float()
+    dirs = dirs / dirs.norm(dim=-1, keepdim=True)
+    planted = offsets - offsets.mean(0)
+    planted = planted / planted.norm(dim=-1, keepdim=True)
+    cos = (dirs * planted).sum(-1)
+    assert (cos > 0.8).all(), (method, cos)
+    # held-out texts from the same planted classes are classified by the one scoring rule
+    test_feats, test_labels, _ = _planted_features(seed=1)
+    pred = score(test_feats[:, 0].float(), dirs, cm[0].mean(0).float()).argmax(-1)
+    assert (pred == test_labels).double().mean() > 0.9
+
+
+def test_the_same_methods_find_nothing_in_pure_noise():
+    from emolens.scoring import score
+
+    g = torch.Generator().manual_seed(3)
+    labels = torch.arange(3).repeat_interleave(30)
+    feats = torch.randn(len(labels), 1, 16, generator=g).double()
+    cm = torch.stack([feats[labels == c].mean(0) for c in range(3)], 1)
+    data = ExtractionData([Site(0, "blocks.0.hook_resid_post")], ["a", "b", "c"], cm,
+                          torch.bincount(labels).double(), None, feats, labels)
+    dirs = get_method("mean_diff").fit(data)[0].float()
+    test = torch.randn(300, 16, generator=g)
+    test_labels = torch.arange(3).repeat_interleave(100)
+    acc = float((score(test, dirs, cm[0].mean(0).float()).argmax(-1) == test_labels)
+                .double().mean())
+    assert 0.2 < acc < 0.47, acc  # chance is 1/3
 
 
 def test_plugin_method_by_name(tiny):

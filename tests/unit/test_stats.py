@@ -65,7 +65,13 @@ def test_two_group_label_permutation():
     null_ps = [stats.permutation_pvalue(_rng(s).normal(size=20), _rng(s + 500).normal(size=20),
                                         n_permutations=500, seed=s) for s in range(30)]
     assert np.mean(np.array(null_ps) < 0.05) <= 0.2
-    assert stats.permutation_pvalue(a - 1, paired=False) == stats.sign_flip_pvalue(a - 1)
+    # one sample (paired differences): exact sign-flip enumeration, written out independently
+    d = np.array([0.5, -0.2, 1.3, 0.9, -0.4, 1.1, 0.7])
+    signs = np.array(np.meshgrid(*[[-1, 1]] * len(d))).reshape(len(d), -1).T
+    null = np.abs((signs * d).mean(1))
+    expect = float((null >= abs(d.mean()) - 1e-12).mean())
+    assert stats.permutation_pvalue(d) == pytest.approx(expect)
+    assert stats.permutation_pvalue(d + 1.0, d, paired=True) == pytest.approx(1 / 2 ** 6)
 
 
 def test_pearson_and_spearman():
