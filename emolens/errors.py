@@ -48,8 +48,24 @@ class SteeringError(EmolensError, ValueError):
     """A steering specification is invalid."""
 
 
+class NormsNotAvailableError(EmolensError):
+    """The published affect norms (a package installed at set-up time) cannot be found."""
+
+
 class FormatError(EmolensError, ValueError):
     """A file on disk is not in the format emolens expects (GGUF, JSON, safetensors)."""
+
+
+def check_positive_int(value: object, name: str, *, error: type[EmolensError] | None = None,
+                       allow_none: bool = False) -> None:
+    """Refuse anything but an int >= 1 (``bool``, floats such as 2.5 and strings such as
+    ``"8"`` included) for a count such as ``batch_size``: ``error`` (default ``InputError``)."""
+    if allow_none and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise (error or InputError)(
+            f"{name} must be a positive integer{' or None' if allow_none else ''}, got "
+            f"{value!r} ({type(value).__name__})")
 
 
 def unknown_name_message(kind: str, name: object, valid: Iterable[str], fix: str = "") -> str:

@@ -232,6 +232,8 @@ class AffectCorrelation:
     The bootstrap resamples emotions with replacement holding the PCA fixed (fitted on all
     emotions), so the interval covers which words were rated, not the PCA fit itself. The
     p-value permutes the rating labels over emotions: ``(1 + #|r_null| >= |r|) / (1 + n_perm)``.
+    ``norms`` records where the ratings came from (source, version, licence; see
+    ``emolens.stimuli.norms``), ``{"source": "user-supplied ..."}`` for a plain mapping.
     """
 
     r: Float[torch.Tensor, "2 2"]
@@ -247,6 +249,7 @@ class AffectCorrelation:
     n_boot: int
     n_perm: int
     seed: int
+    norms: dict[str, Any] = field(default_factory=dict)
 
     @property
     def valence_r(self) -> float:
@@ -279,7 +282,7 @@ class AffectCorrelation:
                 "arousal_r": self.arousal_r, "arousal_ci": list(self.arousal_ci),
                 "cells": cells, "confidence": self.confidence, "n_boot": self.n_boot,
                 "n_perm": self.n_perm, "seed": self.seed, "emotions": list(self.emotions),
-                "missing": list(self.missing)}
+                "missing": list(self.missing), "norms": dict(self.norms)}
 
     def _repr_html_(self) -> str:
         rows = "".join(
@@ -331,6 +334,8 @@ def affect_correlation(pca: EmotionPCA, ratings: Mapping[str, Rating], *, n_boot
     """
     from transformer_lens.utilities.statistics import derive_generator
 
+    from emolens.stimuli.norms import norms_info
+
     if pca.n_components < 2:
         raise InputError("affect_correlation needs PC1 and PC2; the PCA kept 1 component "
                          "(use n_components >= 2)")
@@ -370,7 +375,8 @@ def affect_correlation(pca: EmotionPCA, ratings: Mapping[str, Rating], *, n_boot
     return AffectCorrelation(
         r=r.float(), ci_low=low.float(), ci_high=high.float(), p_value=p.float(), n=n,
         emotions=shared, missing=missing, layer=pca.layer, hook=pca.hook,
-        confidence=float(confidence), n_boot=int(n_boot), n_perm=int(n_perm), seed=int(seed))
+        confidence=float(confidence), n_boot=int(n_boot), n_perm=int(n_perm), seed=int(seed),
+        norms=norms_info(ratings))
 
 
 # =============================================================================== clusters

