@@ -104,6 +104,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("the offline model catalogue: list, install", "emolens.models.cli:"),
     "steer": ("steered generation, dose-response sweeps, the word test, llama.cpp export",
               "emolens.steering.cli:"),
+    "extract": ("build a registry from a corpus and save it (torchrun: data parallel)",
+                "emolens.extraction.cli:"),
+    "scan": ("max-activating examples of a registry over a text file (torchrun: data parallel)",
+             "emolens.readout.scan_cli:"),
 }
 _LOCAL: dict[str, tuple[Callable[[argparse.ArgumentParser], None],
                         Callable[[argparse.Namespace], int]]] = {
