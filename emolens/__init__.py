@@ -57,6 +57,10 @@ _LAZY: dict[str, str] = {
     "direction_attribution": "emolens.causality",
     "shortcut_experiment": "emolens.causality",
     "preference_experiment": "emolens.causality",
+    "ablation_scan": "emolens.causality",
+    "detection_auc": "emolens.steering",
+    "steering_score": "emolens.steering",
+    "reply_emotion_prediction": "emolens.readout",
 }
 _LAZY_MODULES = ("testing", "errors", "sites", "tokens", "models", "compat", "io", "geometry",
                  "extraction", "readout", "stimuli", "views", "pipeline", "registry",

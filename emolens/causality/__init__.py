@@ -14,6 +14,7 @@
 See docs/causality.md for methods and for what each result does and does not establish.
 """
 from emolens.causality._common import CausalityError, position_mask
+from emolens.causality.ablation import AblationResult, ablation_scan, choose_layer
 from emolens.causality.attribution import (
     DirectionAttribution,
     LogitEffects,
@@ -61,6 +62,7 @@ from emolens.causality.patching import (
 from emolens.causality.report import run_causality
 
 __all__ = [
+    "AblationResult",
     "Activity",
     "BehaviourResult",
     "CausalityError",
@@ -71,9 +73,11 @@ __all__ = [
     "PatchingMap",
     "ShortcutScenario",
     "ab_token_sets",
+    "ablation_scan",
     "answer_prob",
     "as_metric",
     "batched_activation_patch",
+    "choose_layer",
     "contrast_tokens",
     "direction_attribution",
     "direction_logit_effects",

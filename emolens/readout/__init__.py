@@ -18,6 +18,10 @@ _LAZY = {
     "Readout": "emolens.readout.readout",
     "project": "emolens.scoring",
     "read_emotions": "emolens.readout.readout",
+    "ReplyPredictionResult": "emolens.readout.reply_prediction",
+    "compare_predictors": "emolens.readout.reply_prediction",
+    "reply_emotion_prediction": "emolens.readout.reply_prediction",
+    "user_last_positions": "emolens.readout.reply_prediction",
 }
 __all__ = sorted(_LAZY)
 

@@ -31,6 +31,13 @@ from emolens.steering.judges import (
     register_judge,
     word_logprobs,
 )
+from emolens.steering.metrics import (
+    DetectionResult,
+    ScoreRules,
+    SteeringScoreResult,
+    detection_auc,
+    steering_score,
+)
 from emolens.steering.positions import POSITION_NAMES, PositionPolicy, PositionTracker
 from emolens.steering.sweep import (
     EmotionWordTest,
@@ -46,16 +53,20 @@ __all__ = [
     "JUDGES",
     "OPS",
     "POSITION_NAMES",
+    "DetectionResult",
     "DirectionJudge",
     "EmotionWordTest",
     "JudgeInput",
     "PositionPolicy",
     "PositionTracker",
+    "ScoreRules",
     "SiteEdit",
     "Steering",
     "SteeringHandle",
+    "SteeringScoreResult",
     "apply_steering",
     "control_vector_metadata",
+    "detection_auc",
     "emotion_word_test",
     "export_control_vector",
     "import_control_vector",
@@ -66,6 +77,7 @@ __all__ = [
     "random_direction",
     "register_judge",
     "steer",
+    "steering_score",
     "steerings_from_control_vector",
     "sweep",
     "sweep_generations",

@@ -1,0 +1,279 @@
+"""Study experiments of round 2 on tiny models and planted data: steering in AxBench / Tan et
+al. terms, directional ablation, reply-emotion prediction, sycophancy A/B."""
+from __future__ import annotations
+
+import json
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from emolens.errors import InputError, SteeringError
+from emolens.registry import EmotionRegistry
+from emolens.sites import Site
+from emolens.steering import metrics as M
+
+matplotlib.use("Agg")
+
+
+def _registry(model, emotions=("calm", "desperate", "happy"), *, seed=0, vectors=None):
+    L, d = int(model.cfg.n_layers), int(model.cfg.d_model)
+    g = torch.Generator().manual_seed(seed)
+    dirs = torch.randn(L, len(emotions), d, generator=g) if vectors is None else vectors
+    sites = [Site(layer, f"blocks.{layer}.hook_resid_post") for layer in range(L)]
+    return EmotionRegistry(dirs, list(emotions), sites, torch.full((L,), 4.0),
+                           default_layer=L - 2)
+
+
+# ------------------------------------------------------------------------------ ROC-AUC
+def test_roc_auc_matches_pair_counting_and_handles_ties():
+    g = torch.Generator().manual_seed(0)
+    s = torch.randint(0, 5, (40,), generator=g).double()
+    pos = torch.rand(40, generator=g) > 0.6
+    sp, sn = s[pos], s[~pos]
+    ref = float(((sp[:, None] > sn).double() + 0.5 * (sp[:, None] == sn).double()).mean())
+    assert M.roc_auc(s, pos) == pytest.approx(ref, abs=1e-12)
+    assert M.roc_auc(torch.arange(6.0), torch.tensor([0, 0, 0, 1, 1, 1]).bool()) == 1.0
+    lo, hi = M.auc_interval(s, pos, n_resamples=300)
+    assert lo <= ref <= hi
+    with pytest.raises(InputError, match="positives and negatives"):
+        M.roc_auc(s, torch.ones(40, dtype=torch.bool))
+
+
+def _stored_texts(marker: str, n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    words = ["the", "a", "blue", "cat", "runs", "today", "slowly", "under", "moon", "tea"]
+    return [" ".join(rng.choice(words, 6)) + f" {marker * 24}" for _ in range(n)]
+
+
+def test_detection_auc_finds_a_planted_direction_and_a_null_stays_null(tiny):
+    from emolens.readout.readout import read_emotions
+
+    layer = 2
+    a_tr, b_tr = _stored_texts("!", 12, 0), _stored_texts("?", 12, 1)
+    probe = _registry(tiny, ("x",))
+    # planted: the difference of the two groups' mean pooled residuals at the layer
+    site = probe.site(layer)
+    from emolens.tokens import to_inputs
+
+    acts = {}
+    for name, texts in (("a", a_tr), ("b", b_tr)):
+        b = to_inputs(tiny, texts)
+        with torch.no_grad():
+            _, cache = tiny.run_with_cache(b.tokens, names_filter=[site.name],
+                                           **b.forward_kwargs())
+        m = b.content_mask.float()[..., None]
+        acts[name] = ((cache[site.name] * m).sum(1) / m.sum(1)).mean(0)
+    v = acts["a"] - acts["b"]
+    dirs = torch.randn(tiny.cfg.n_layers, 2, tiny.cfg.d_model)
+    dirs[layer, 0], dirs[layer, 1] = v, -v
+    reg = _registry(tiny, ("bang", "query"), vectors=dirs)
+    a_te, b_te = _stored_texts("!", 10, 2), _stored_texts("?", 10, 3)
+    res = M.detection_auc(tiny, reg, a_te + b_te, ["bang"] * 10 + ["query"] * 10, layer=layer,
+                          n_resamples=300)
+    assert res.auc["bang"] > 0.95 and res.ci["bang"][0] > 0.8
+    assert res.auc["query"] > 0.95
+    # the same pooled scores by hand
+    pooled = read_emotions(tiny, reg, a_te + b_te, layer=layer).pooled()
+    assert res.auc["bang"] == pytest.approx(
+        M.roc_auc(pooled[:, 0], torch.tensor([True] * 10 + [False] * 10)))
+    # null: labels unrelated to the text
+    rng = np.random.default_rng(5)
+    labels = list(rng.permutation(["bang"] * 10 + ["query"] * 10))
+    null = M.detection_auc(tiny, reg, a_te + b_te, labels, layer=layer, n_resamples=300)
+    assert null.ci["bang"][0] < 0.5 < null.ci["bang"][1]
+    json.dumps(res.to_dict())
+    assert "ROC-AUC" in res.statement and "<img" in res._repr_html_()
+    with pytest.raises(InputError, match="labels"):
+        M.detection_auc(tiny, reg, a_te)
+
+
+# ------------------------------------------------------------------------------ steering score
+def _planted_frame(n_prompts=16, strengths=(0.0, 0.1, 0.2, 0.4), *, effect=True, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n_prompts):
+        for s in strengths:
+            # planted: the concept reading rises with strength for 14 of 16 prompts; fluency
+            # collapses at the largest strength
+            slope = (4.0 if i >= 2 else -1.0) if effect else rng.normal()
+            share = -2.0 + slope * s + (0.02 * rng.normal() if effect else 0.0)
+            rank = 1 if share > -1.5 else (3 if share > -1.9 else 6)
+            rows.append({"prompt_index": i, "strength": s, "concept_share": share,
+                         "concept_rank": rank, "relevance_pmi": 0.4 + 0.01 * rng.normal(),
+                         "perplexity": 3.0 * (6 if s >= 0.4 else 1), "distinct_bigrams": 0.9,
+                         "n_tokens": 20})
+    return pd.DataFrame(rows)
+
+
+def test_steering_score_rule_and_best_strength_on_planted_judgements():
+    scored = M.score_generations(_planted_frame())
+    # harmonic mean per generation, zero when any part is zero
+    row = scored[(scored.strength == 0.2) & (scored.prompt_index == 5)].iloc[0]
+    c, r, f = row.concept_score, row.relevance_score, row.fluency_score
+    assert (c, r, f) == (2.0, 2.0, 2.0) and row.score == 2.0
+    assert (scored[scored.strength == 0.4].fluency_score == 0).all()
+    assert (scored[scored.strength == 0.4].score == 0).all()
+    assert M.harmonic_score(np.array([1.0]), np.array([2.0]), np.array([2.0]))[0] == \
+        pytest.approx(3 / (1 + 0.5 + 0.5))
+    summ = M.summarise_scores(scored)
+    assert summ.best_strength == 0.2 and summ.best_in_sample == 0.2
+    assert summ.anti_steerable.value == pytest.approx(2 / 16)
+    assert summ.anti_steerable.p_value < 0.01
+    assert summ.slope.low > 0
+
+
+def test_anti_steerable_null_stays_near_half():
+    summ = M.summarise_scores(M.score_generations(_planted_frame(n_prompts=40, effect=False,
+                                                                 seed=3)))
+    a = summ.anti_steerable
+    assert a.low < 0.5 < a.high and a.p_value > 0.05
+    assert summ.slope.low < 0 < summ.slope.high
+
+
+def test_score_needs_strength_zero():
+    df = _planted_frame()
+    with pytest.raises(SteeringError, match="strength 0"):
+        M.score_generations(df[df.strength > 0])
+
+
+def test_steering_score_end_to_end_on_a_tiny_model(tiny):
+    reg = _registry(tiny)
+    prompts = [[{"role": "user", "content": t}] for t in ("Say hi", "Count to 3", "Name a fruit")]
+    res = M.steering_score(tiny, reg, "calm", [0.0, 0.5], prompts, max_new_tokens=4,
+                           words=["calm", "happy", "desperate"])
+    f = res.frame
+    assert len(f) == 6 and set(f.strength) == {0.0, 0.5}
+    assert set(res.placebo_frame.strength) == {0.0, 0.5}
+    # strength-0 rows are the same unsteered generations for the direction and the placebo
+    assert list(f[f.strength == 0].text) == list(res.placebo_frame[
+        res.placebo_frame.strength == 0].text)
+    assert ((f.concept_rank >= 1) & (f.concept_rank <= 3)).all()
+    assert np.allclose(f.score, M.harmonic_score(f.concept_score, f.relevance_score,
+                                                 f.fluency_score))
+    json.dumps(res.to_dict())
+    assert "harmonic mean" in res.statement and "<img" in res._repr_html_()
+    with pytest.raises(SteeringError, match="lack 0"):
+        M.steering_score(tiny, reg, "calm", [0.1, 0.2], prompts)
+
+
+def test_continuation_logprob_matches_a_manual_forward(tiny):
+    pre, cont = [1, 70, 71, 72], [73, 74]
+    got = M.continuation_logprob(tiny, [pre, pre[:2]], [cont, cont])
+    with torch.no_grad():
+        lp = tiny(torch.tensor([pre + cont]), return_type="logits")[0].log_softmax(-1)
+    ref = float((lp[3, 73] + lp[4, 74]) / 2)
+    assert got[0] == pytest.approx(ref, abs=1e-4)
+    assert got[1] != pytest.approx(ref, abs=1e-4)
+
+
+# ------------------------------------------------------------------------------ ablation
+def test_choose_layer_respects_the_kl_limit():
+    from emolens.causality.ablation import choose_layer
+
+    layers, change, kl = [0, 1, 2, 3], [-0.1, -0.9, -0.5, 0.3], [0.01, 0.5, 0.05, 0.02]
+    assert choose_layer(layers, change, kl) == 2          # layer 1 changes more but KL >= 0.1
+    assert choose_layer(layers, change, kl, expect="increase") == 3
+    assert choose_layer(layers, change, kl, kl_limit=1.0) == 1
+    assert choose_layer(layers, change, kl, kl_limit=0.001) is None
+
+
+def test_ablation_scan_finds_a_planted_direction(tiny):
+    from emolens.causality.ablation import ablation_scan
+
+    L = int(tiny.cfg.n_layers)
+    name = f"blocks.{L - 1}.hook_resid_post"
+    toks = tiny.to_tokens(["The cat sat", "A dog ran", "It is lat"])
+    with torch.no_grad():
+        _, cache = tiny.run_with_cache(toks, names_filter=[name])
+    planted = cache[name][:, -1].mean(0)
+    planted = planted / planted.norm()      # the direction the last residual mostly points along
+
+    def proj_last(model):
+        store = {}
+
+        def grab(x, hook):
+            store["x"] = x.detach()
+        with model.hooks(fwd_hooks=[(name, grab)]):
+            model(toks, return_type="logits")
+        return store["x"][:, -1] @ planted
+
+    dirs = torch.randn(L, 2, tiny.cfg.d_model)
+    dirs[:, 0] = planted
+    reg = _registry(tiny, ("planted", "other"), vectors=dirs)
+    res = ablation_scan(tiny, reg, "planted", metric=proj_last, metric_name="projection",
+                        layers=[1, 3], neutral=["Some neutral text here."],
+                        kl_limit=10.0)
+    assert res.baseline > 1.0
+    for e in res.change:    # ablated at every layer: the component is exactly gone
+        assert e.value == pytest.approx(-res.baseline, abs=1e-3)
+    assert max(abs(e.value) for e in res.placebo_change) < 0.5 * res.baseline
+    assert res.chosen_layer is not None and res.kl[res.layers.index(res.chosen_layer)] < 10.0
+    json.dumps(res.to_dict())
+    assert "Ablating" in res.statement and "<img" in res._repr_html_()
+    # a tight limit leaves no layer
+    tight = ablation_scan(tiny, reg, "planted", metric=proj_last, layers=[3],
+                          neutral=["Some neutral text here."], kl_limit=1e-9, placebo=False)
+    assert tight.chosen_layer is None and "No layer" in tight.statement
+
+
+def test_ablation_scan_default_metric_runs_and_null_direction_is_small(tiny):
+    from emolens.causality.ablation import ablation_scan
+
+    reg = _registry(tiny)
+    res = ablation_scan(tiny, reg, "calm", prompts=["I sat by the lake.", "The room was quiet."],
+                        layers=[1, 2], mode="at_layer", neutral=["Plain words."])
+    assert len(res.change) == 2 and len(res.placebo_change) == 2 and res.n_prompts == 2
+    with pytest.raises(Exception, match="mode"):
+        ablation_scan(tiny, reg, "calm", mode="everywhere")
+
+
+# ------------------------------------------------------------------------------ reply prediction
+def test_compare_predictors_finds_the_planted_predictor_and_a_null_stays_null():
+    from emolens.readout.reply_prediction import compare_predictors
+
+    rng = np.random.default_rng(0)
+    target = rng.normal(size=(30, 5)) + rng.normal(size=(1, 5)) * 10   # offsets per emotion
+    good = target + 0.3 * rng.normal(size=target.shape) + 100          # planted: tracks it
+    null = np.random.default_rng(4).normal(size=target.shape)  # independent of the target
+    out = compare_predictors(target, {"good": good, "null": null}, n_resamples=300,
+                             n_permutations=300)
+    assert out["good"].value > 0.9 and out["good"].low > 0.8 and out["good"].p_value < 0.01
+    assert out["null"].low < 0 < out["null"].high and out["null"].p_value > 0.05
+    assert out["difference"].low > 0.5
+    # centring per emotion: a predictor that only knows each emotion's offset predicts nothing
+    offsets = np.repeat(target.mean(0, keepdims=True), 30, 0) + 1e-9 * rng.normal(size=(30, 5))
+    assert abs(compare_predictors(target, {"o": offsets}, n_resamples=50,
+                                  n_permutations=50)["o"].value) < 0.5
+
+
+def test_user_last_positions_point_at_the_users_last_word(tiny):
+    from emolens.readout.reply_prediction import user_last_positions
+    from emolens.tokens import to_inputs
+
+    convs = [[{"role": "user", "content": "Hello there friend"}],
+             [{"role": "user", "content": "Short!"}]]
+    pos = user_last_positions(tiny, convs)
+    b = to_inputs(tiny, convs)
+    for i, c in enumerate(convs):
+        assert tiny.tokenizer.decode(b.tokens[i, pos[i]]) == c[0]["content"][-1]
+        assert tiny.tokenizer.decode(b.tokens[i, pos[i] + 1]) == "<|im_end|>"
+        assert int(b.reply_pos[i]) > int(pos[i])
+
+
+def test_reply_emotion_prediction_end_to_end(tiny):
+    from emolens.readout.reply_prediction import reply_emotion_prediction
+
+    reg = _registry(tiny)
+    convs = [[{"role": "user", "content": t}] for t in
+             ("I lost my keys", "We won the cup!", "The exam is today", "My cat is sick")]
+    res = reply_emotion_prediction(tiny, reg, convs, layers=[1, 2], reply_layer=2,
+                                   max_new_tokens=5, n_resamples=100)
+    assert set(res.by_layer) == {1, 2} and res.n_prompts == 4
+    assert res.at()["reply_open"] is not None
+    json.dumps(res.to_dict())
+    assert "reply-opening" in res._repr_html_() and "<img" in res._repr_html_()
+    with pytest.raises(InputError, match="reply_layer"):
+        reply_emotion_prediction(tiny, reg, convs, layers=[1], reply_layer=2)
