@@ -33,6 +33,10 @@ _LAZY: dict[str, str] = {
     "evaluate": "emolens.readout",
     "Evaluation": "emolens.readout",
     "load_corpus": "emolens.stimuli",
+    "load_mixed_texts": "emolens.stimuli",
+    "top_examples": "emolens.readout",
+    "TopExamples": "emolens.readout",
+    "pooled_scores": "emolens.readout",
     "Corpus": "emolens.stimuli",
     "load_affect_ratings": "emolens.stimuli",
     "generate_stories": "emolens.stimuli",
@@ -62,8 +66,8 @@ _LAZY: dict[str, str] = {
     "steering_score": "emolens.steering",
     "reply_emotion_prediction": "emolens.readout",
 }
-_LAZY_MODULES = ("testing", "errors", "sites", "tokens", "models", "compat", "io", "geometry",
-                 "extraction", "readout", "stimuli", "views", "pipeline", "registry",
+_LAZY_MODULES = ("distributed", "testing", "errors", "sites", "tokens", "models", "compat",
+                 "io", "geometry", "extraction", "readout", "stimuli", "views", "pipeline", "registry",
                  "steering", "causality", "generation", "stats")
 
 __all__ = ["EmolensError", "__version__", *sorted(_LAZY)]
@@ -110,9 +114,11 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from emolens.readout import Readout, hidden_emotion_check, neutral_baseline, read_emotions
     from emolens.readout.evaluation import Evaluation, evaluate
+    from emolens.readout.scan import TopExamples, pooled_scores, top_examples
     from emolens.registry import EmotionRegistry
     from emolens.sites import Site, resolve_site, resolve_sites
     from emolens.steering import Steering, export_control_vector, import_control_vector, steer
     from emolens.stimuli import Corpus, generate_stories, load_affect_ratings, load_corpus
+    from emolens.stimuli.mixed import load_mixed_texts
     from emolens.tokens import TokenizedBatch, to_inputs
     from emolens.views import Report, render_layers, render_tokens

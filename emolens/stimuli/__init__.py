@@ -16,6 +16,7 @@ from emolens.stimuli.corpus import (
     load_corpus,
     split_of,
 )
+from emolens.stimuli.mixed import load_mixed_records, load_mixed_texts, mixed_texts_path
 from emolens.stimuli.text import ForbiddenMatcher, NearDuplicateIndex, shingles, word_count
 
 __all__ = [
@@ -29,6 +30,9 @@ __all__ = [
     "generate_stories",
     "load_affect_ratings",
     "load_corpus",
+    "load_mixed_records",
+    "load_mixed_texts",
+    "mixed_texts_path",
     "shingles",
     "split_of",
     "word_count",
