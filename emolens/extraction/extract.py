@@ -87,8 +87,9 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
 
 
 def _from_corpus(corpus: Any, emotions: Sequence[str] | None, max_train: int | None = None
-                 ) -> tuple[list[str], LabelledTexts, LabelledTexts, list[TextInput], dict[str, Any]]:
-    """Split a Corpus (or a mapping emotion -> texts) into train/validation/neutral."""
+                 ) -> tuple[list[str], LabelledTexts, LabelledTexts, LabelledTexts,
+                            list[TextInput], dict[str, Any]]:
+    """Split a Corpus (or a mapping emotion -> texts) into train / dev / test / neutral."""
     if isinstance(corpus, Mapping):
         names: list[str] = list(emotions or corpus.keys())
         train = LabelledTexts([], [])
@@ -98,27 +99,32 @@ def _from_corpus(corpus: Any, emotions: Sequence[str] | None, max_train: int | N
             texts = list(corpus[e])[:max_train]
             train.texts += texts
             train.labels += [c] * len(texts)
-        return names, train, LabelledTexts([], []), [], {"name": "user-texts", "content_hash": None}
+        return (names, train, LabelledTexts([], []), LabelledTexts([], []), [],
+                {"name": "user-texts", "content_hash": None})
     names = list(emotions or corpus.emotions)
     unknown = [e for e in names if e not in corpus.emotions]
     if unknown:
         from emolens.errors import unknown_name_message
 
         raise InputError(unknown_name_message("emotion", unknown[0], corpus.emotions))
-    train, val = LabelledTexts([], []), LabelledTexts([], [])
+    # choices (the default layer) are made on dev, figures reported on test (corpus.split_of)
+    train, val, test = LabelledTexts([], []), LabelledTexts([], []), LabelledTexts([], [])
     counts = {}
     for c, e in enumerate(names):
         tr = [r.text for r in corpus.stories(e, split="train")][:max_train]
-        va = [r.text for r in corpus.stories(e, split="validation")]
+        va = [r.text for r in corpus.stories(e, split="dev")]
+        te = [r.text for r in corpus.stories(e, split="test")]
         train.texts += tr
         train.labels += [c] * len(tr)
         val.texts += va
         val.labels += [c] * len(va)
-        counts[e] = {"train": len(tr), "validation": len(va)}
+        test.texts += te
+        test.labels += [c] * len(te)
+        counts[e] = {"train": len(tr), "dev": len(va), "test": len(te)}
     neutral: list[TextInput] = [list(r.messages) for r in corpus.neutral]
     info = {"name": corpus.name, "version": getattr(corpus, "version", None),
             "content_hash": corpus.content_hash, "texts": counts, "neutral_dialogues": len(neutral)}
-    return names, train, val, neutral, info
+    return names, train, val, test, neutral, info
 
 
 def extract_emotions(model: Any, corpus: Any = None, *, layers: Any = None,
@@ -191,7 +197,7 @@ def extract_emotions(model: Any, corpus: Any = None, *, layers: Any = None,
 
     resolved_dtype = resolve_compute_dtype(compute_dtype, model)
     compute_dtype = resolved_dtype.dtype
-    names, train, val, corpus_neutral, corpus_info = _from_corpus(corpus, emotions,
+    names, train, val, test, corpus_neutral, corpus_info = _from_corpus(corpus, emotions,
                                                                   max_texts_per_emotion)
     if len(names) < 2:
         raise InputError(f"need at least 2 emotions to contrast, got {names}")
@@ -259,11 +265,16 @@ def extract_emotions(model: Any, corpus: Any = None, *, layers: Any = None,
                                             feat_labels, feat_index)
     ctx.broadcast_([unit, center, *[t for pair in controls for t in pair]])
 
-    # ---- pass 2: held-out accuracy per layer
+    # ---- pass 2: held-out accuracy per layer, on dev (chooses) and on test (reports)
     validation: dict[str, Any] = {}
     if validate and val.texts:
         validation = _validate(model, unit, center, sites, names, val, policy, batch_size,
                                progress, padding_side, controls, compute_dtype, ctx)
+        validation["split"] = "dev"
+        if test.texts:
+            validation["test"] = {**_validate(model, unit, center, sites, names, test, policy,
+                                              batch_size, progress, padding_side, controls,
+                                              compute_dtype, ctx), "split": "test"}
     return _finish(model, t0, unit, center, acc, sites, names, validation, default_layer, algo,
                    policy, corpus_info, neutral_texts, moments, shuffle_labels, batch_size,
                    resolved_dtype, max_texts_per_emotion, family, name, ctx)
@@ -352,7 +363,7 @@ def _finish(model: Any, t0: float, unit: torch.Tensor, center: torch.Tensor,
         if validation:
             accs = validation["accuracy_by_layer"]
             default_layer = int(max(accs, key=lambda k: (accs[k], -int(k))))
-            chosen_by = "best validation accuracy"
+            chosen_by = "best dev-split accuracy"
         else:
             chosen_by = "two-thirds depth (no validation data)"  # the registry's own default
 

@@ -238,16 +238,23 @@ def test_validation_accuracy_and_shuffled_control(tiny):
 
         def stories(self, emotion, split=None):
             texts = TEXTS[emotion]
-            return [Rec(t) for t in (texts[:3] if split == "train" else texts[3:])]
+            # dev: the held-out text; test: two texts of their own (here training ones, so the
+            # two splits' figures differ in count and can be told apart)
+            return [Rec(t) for t in {"train": texts[:3], "dev": texts[3:],
+                                     "test": texts[1:3]}[split]]
 
     reg = extract_emotions(tiny, Small(), layers=[0, 1], progress=False)
     val = reg.validation
-    assert val["chance"] == 0.5 and val["n_texts"] == 2
+    assert val["chance"] == 0.5 and val["n_texts"] == 2 and val["split"] == "dev"
+    test = val["test"]
+    assert test["split"] == "test" and test["n_texts"] == 4
+    assert set(test["accuracy_by_layer"]) == {"0", "1"} and "shuffled_accuracy_by_layer" in test
     assert set(val["accuracy_by_layer"]) == {"0", "1"}
     best = max(val["accuracy_by_layer"].values())
     assert reg.default_layer == val["best_layer"]
     assert val["accuracy_by_layer"][str(reg.default_layer)] == best
-    assert reg.metadata["corpus"]["texts"]["sunny"] == {"train": 3, "validation": 1}
+    assert reg.metadata["corpus"]["texts"]["sunny"] == {"train": 3, "dev": 1, "test": 2}
+    assert reg.metadata["default_layer_chosen_by"] == "best dev-split accuracy"
     assert set(val["shuffled_accuracy_by_layer"]) == {"0", "1"}
     assert val["shuffled_seeds"] == [0, 1, 2, 3, 4]
     # each in-pass control is exactly a registry extracted with labels permuted by its seed,
