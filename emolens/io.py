@@ -116,6 +116,137 @@ def read_jsonl(path: str | os.PathLike[str], *, error: type[Exception],
     return out
 
 
+def read_json(path: str | os.PathLike[str], *, error: type[Exception],
+              duplicate_keys: bool = False) -> Any:
+    """Parse one JSON file; every failure is ``error`` (an ``EmolensError`` subclass) naming the
+    file: missing, a folder, unreadable, not UTF-8, not JSON, nested too deeply. Duplicate keys
+    are refused unless ``duplicate_keys``."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise error(f"{str(path)!r}: file not found") from None
+    except IsADirectoryError:
+        raise error(f"{str(path)!r} is a folder, expected a JSON file") from None
+    except OSError as e:
+        raise error(f"cannot read {str(path)!r}: {e.strerror or e}") from None
+    return parse_json(raw, where=str(path), error=error, duplicate_keys=duplicate_keys)
+
+
+def parse_json(raw: bytes, *, where: str, error: type[Exception],
+               duplicate_keys: bool = False) -> Any:
+    """``json.loads`` of ``raw`` with every failure turned into ``error`` (see ``read_json``)."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise error(f"{where!r} is not valid UTF-8 ({e.reason} at byte {e.start}); the file "
+                    "was edited or is damaged") from None
+    try:
+        return json.loads(text, object_pairs_hook=None if duplicate_keys else _strict_pairs)
+    except json.JSONDecodeError as e:
+        raise error(f"{where!r} is not valid JSON ({e.msg} at line {e.lineno}, column "
+                    f"{e.colno}); the file was edited or truncated") from None
+    except RecursionError:
+        raise error(f"{where!r} is nested too deeply to be a file emolens wrote; the file was "
+                    "edited or is damaged") from None
+    except ValueError as e:  # duplicate keys
+        raise error(f"{where!r} is not valid JSON here ({e}); the file was edited") from None
+
+
+@contextmanager
+def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path`` (created if needed) for the block.
+
+    ``fcntl.flock`` on POSIX (between processes and between threads: each call opens its own
+    file description), ``msvcrt.locking`` on Windows. The lock dies with its process, so a
+    killed writer never leaves a stale lock behind; the lock file itself stays (it is empty).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as f:
+        try:
+            import fcntl
+        except ImportError:  # Windows
+            import msvcrt
+
+            while True:
+                try:
+                    msvcrt.locking(f.fileno(), msvcrt.LK_LOCK, 1)  # type: ignore[attr-defined]
+                    break
+                except OSError:  # LK_LOCK gives up after 10 s; keep waiting
+                    continue
+            try:
+                yield
+            finally:
+                f.seek(0)
+                msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined]
+            return
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def check_output_file(path: str | os.PathLike[str], *, error: type[Exception],
+                      what: str = "output file") -> Path:
+    """Refuse, before any compute, an output path that cannot become a file: an existing
+    folder, a path below a file, a folder that cannot be created or written. Creates the
+    parent folder; returns the path."""
+    path = Path(path)
+    if path.is_dir():
+        raise error(f"{what} {str(path)!r} is a folder; give a file name inside it, e.g. "
+                    f"{str(path / 'results.json')!r}")
+    _check_folder(path.parent, error=error, what=f"the folder of {what} {str(path)!r}")
+    return path
+
+
+def check_output_folder(path: str | os.PathLike[str], *, error: type[Exception],
+                        what: str = "output folder") -> Path:
+    """Refuse, before any compute, an output folder that is a file, lies below a file, or
+    cannot be created or written. Creates it; returns the path."""
+    path = Path(path)
+    _check_folder(path, error=error, what=f"{what} {str(path)!r}")
+    return path
+
+
+def _check_folder(folder: Path, *, error: type[Exception], what: str) -> None:
+    for p in (folder, *folder.parents):
+        if p.exists() and not p.is_dir():
+            raise error(f"{what} cannot be created: {str(p)!r} is a file, not a folder; "
+                        "choose another path")
+        if p.exists():
+            break
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise error(f"{what} cannot be created ({e.strerror or e}); choose another path") from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".emolens-write-check.", dir=folder)
+    except OSError as e:
+        raise error(f"{what} is not writable ({e.strerror or e}); choose another path or fix "
+                    "its permissions") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def folder_content_key(path: str | os.PathLike[str], *, sample: int = 1 << 16) -> str:
+    """A cheap content key of a model folder: sha256 over every file's relative path, size and
+    mtime (ns) plus a hash of its first and last ``sample`` bytes. Any change of a weight file
+    (rewritten, replaced, truncated) changes the key; reading is O(files), not O(bytes)."""
+    root = Path(path)
+    h = hashlib.sha256()
+    for p in sorted(q for q in root.rglob("*") if q.is_file()):
+        st = p.stat()
+        h.update(f"{p.relative_to(root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+        with open(p, "rb") as f:
+            h.update(f.read(sample))
+            if st.st_size > sample:
+                f.seek(max(sample, st.st_size - sample))
+                h.update(f.read(sample))
+    return h.hexdigest()
+
+
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Atomically write ``obj`` as indented UTF-8 JSON."""
     with atomic_open(path, "w") as f:

@@ -71,8 +71,9 @@ def resolve_site(model: Any, spec: int | str | tuple[str, int] | Site, *,
     if isinstance(spec, Site):
         spec = spec.name
     if isinstance(spec, tuple):
-        if len(spec) != 2:
-            raise SiteError(f"site tuple must be (hook_type, layer), got {spec!r}")
+        if len(spec) != 2 or not isinstance(spec[0], str):
+            raise SiteError(f"site tuple must be (hook_type, layer) such as ('resid_pre', 3), "
+                            f"got {spec!r}; pass several layers as a list, e.g. [3, 5]")
         short, layer = spec
         layer = _check_layer(layer, n_layers, spec)
         name = _short_to_name(short, layer)
@@ -112,12 +113,29 @@ def resolve_sites(model: Any, specs: int | str | Site | Iterable[Any] | None, *,
     """Resolve many site specs (``None`` means every layer) into sorted, unique ``Site``s."""
     if specs is None:
         specs = range(int(model.cfg.n_layers))
-    if isinstance(specs, (int, str, Site, tuple)):
+    if isinstance(specs, tuple) and len(specs) == 2 and isinstance(specs[0], str):
+        specs = [specs]  # one (hook_type, layer) pair; any other tuple is a sequence of specs
+    elif isinstance(specs, (int, str, Site)):
         specs = [specs]
+    elif not isinstance(specs, Iterable):
+        raise SiteError(f"cannot use {specs!r} as sites: pass a layer, a hook name, a list of "
+                        "them, or None for every layer")
     sites = sorted({resolve_site(model, s, hook=hook) for s in specs})
     if not sites:
         raise SiteError("no sites given: pass at least one layer or hook name, or None for all")
     return sites
+
+
+def require_block_sites(sites: Sequence[Site]) -> list[Site]:
+    """Refuse sites that are not a block's d_model-wide hook (``blocks.{l}.hook_resid_pre``,
+    ``resid_mid``, ``resid_post``, ``attn_out``, ``mlp_out``): directions live in the residual
+    basis, so embeddings, attention patterns or per-head hooks cannot hold one."""
+    for s in sites:
+        if s.layer < 0 or s.hook_type not in _SHORT or s.name != f"blocks.{s.layer}.hook_{s.hook_type}":
+            raise SiteError(
+                f"site {s.name!r} is not a block's residual-width hook; use a layer number or "
+                f"one of blocks.<layer>.hook_{{{', '.join(_SHORT)}}}")
+    return list(sites)
 
 
 def deepest_layer(sites: Sequence[Site]) -> int:

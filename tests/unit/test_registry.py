@@ -18,7 +18,8 @@ def make_registry(model=None, n_layers=4, d=64, emotions=("calm", "desperate", "
     g = torch.Generator().manual_seed(seed)
     dirs = torch.randn(n_layers, len(emotions), d, generator=g)
     sites = [Site(i, f"blocks.{i}.hook_resid_post") for i in range(n_layers)]
-    meta = {"model": emolens.model_provenance(model).to_dict()} if model is not None else {}
+    meta = ({"model": emolens.model_provenance(model).to_dict()} if model is not None
+            else {"model": {"n_layers": n_layers}})  # negative layers count from the model's
     return EmotionRegistry(dirs, list(emotions), sites, torch.arange(1, n_layers + 1.0),
                            metadata=meta, center=torch.randn(n_layers, d, generator=g))
 
@@ -77,7 +78,7 @@ def test_save_load_round_trip_and_overwrite(tmp_path):
     assert again.validation == {"accuracy_by_layer": {"0": 0.5}}
     # overwrite with different content: exactly one tensor file remains and it loads
     make_registry(seed=1).save(tmp_path / "r")
-    files = sorted(p.name for p in (tmp_path / "r").iterdir())
+    files = sorted(p.name for p in (tmp_path / "r").iterdir() if p.name != ".registry.lock")
     assert len(files) == 2 and META_FILE in files
     assert not torch.equal(EmotionRegistry.load(tmp_path / "r").tensor(), reg.tensor())
 
