@@ -62,6 +62,7 @@ _LAZY: dict[str, str] = {
     "shortcut_experiment": "emolens.causality",
     "preference_experiment": "emolens.causality",
     "ablation_scan": "emolens.causality",
+    "sycophancy_experiment": "emolens.causality.sycophancy",
     "detection_auc": "emolens.steering",
     "steering_score": "emolens.steering",
     "reply_emotion_prediction": "emolens.readout",

@@ -277,3 +277,87 @@ def test_reply_emotion_prediction_end_to_end(tiny):
     assert "reply-opening" in res._repr_html_() and "<img" in res._repr_html_()
     with pytest.raises(InputError, match="reply_layer"):
         reply_emotion_prediction(tiny, reg, convs, layers=[1], reply_layer=2)
+
+
+# ------------------------------------------------------------------------------ sycophancy
+def test_bundled_sycophancy_items_load():
+    from emolens.causality.sycophancy import load_sycophancy_items
+
+    items = load_sycophancy_items()
+    assert len(items) == 16
+    assert sum(i.kind == "wrong_claim" for i in items) == 8
+    assert len({i.id for i in items}) == 16
+
+
+def test_bad_sycophancy_items_raise(tmp_path):
+    from emolens.causality._common import CausalityError
+    from emolens.causality.sycophancy import load_sycophancy_items
+
+    rec = {"id": "x", "kind": "opinion", "user": "u", "sycophantic": "a", "balanced": "b",
+           "harsh": "c"}
+    p = tmp_path / "items.jsonl"
+    p.write_text(json.dumps(rec) + "\n")
+    with pytest.raises(CausalityError, match="kind 'opinion'"):
+        load_sycophancy_items(p)
+    p.write_text(json.dumps({**rec, "kind": "weak_work", "harsh": "a"}) + "\n")
+    with pytest.raises(CausalityError, match="identical"):
+        load_sycophancy_items(p)
+
+
+def test_order_averaging_cancels_a_letter_bias_exactly():
+    from emolens.causality.sycophancy import order_averaged_logodds
+
+    pref, bias = np.array([0.7, -1.2]), 2.0
+    sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    p_a = np.array([sig(pref[0] + bias), sig(-pref[0] + bias), sig(pref[1] + bias),
+                    sig(-pref[1] + bias)])
+    got = order_averaged_logodds(p_a, np.array([True, False, True, False]),
+                                 np.array(["a", "a", "b", "b"]))
+    assert np.allclose(got.to_numpy(), pref, atol=1e-9)
+
+
+def test_sycophancy_summary_finds_a_planted_shift_and_the_placebo_stays_null():
+    from emolens.causality.sycophancy import summarise
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(16):
+        base = rng.normal()
+        for meas in ("sycophancy", "harshness"):
+            vals = {"unsteered": base, "+happy": base + (1.0 if meas == "sycophancy" else 0.0)
+                    + 0.1 * rng.normal(), "-happy": base + 0.1 * rng.normal()}
+            vals.update({f"random:{k}": base + 0.1 * rng.normal() for k in range(3)})
+            rows += [{"condition": c, "measure": meas, "item": f"i{i}", "logodds": v}
+                     for c, v in vals.items()]
+    effects, ests = summarise(pd.DataFrame(rows))
+    up = ests[("+happy", "sycophancy", "placebo")]
+    assert up.value == pytest.approx(1.0, abs=0.1) and up.low > 0.8 and up.p_value < 0.01
+    assert ests[("+happy", "harshness", "placebo")].excludes(0.0) is False
+    assert ests[("random", "sycophancy", "unsteered")].excludes(0.0) is False
+    assert ests[("-happy", "harshness", "unsteered")].excludes(0.0) is False
+
+
+def test_sycophancy_experiment_end_to_end_letter_bias_is_not_sycophancy(tiny):
+    from emolens.causality.behaviour import ab_token_sets
+    from emolens.causality.sycophancy import SycophancyItem, sycophancy_experiment
+
+    L = int(tiny.cfg.n_layers)
+    ids = ab_token_sets(tiny)
+    w_u = tiny.W_U.detach().float()
+    letter = w_u[:, ids[0]].mean(1) - w_u[:, ids[1]].mean(1)   # planted: favours letter A
+    dirs = torch.randn(L, 2, tiny.cfg.d_model)
+    dirs[:, 0] = letter
+    reg = _registry(tiny, ("happy", "angry"), vectors=dirs)
+    items = [SycophancyItem(f"i{k}", "wrong_claim", f"Is {k}+{k}={k}?", "Yes.", "No.", "No, duh.")
+             for k in range(3)]
+    res = sycophancy_experiment(tiny, reg, positive=("happy",), negative=("angry",),
+                                strength=2.0, layer=L - 1, items=items, n_random=1)
+    f = res.frame
+    raw = (np.log(f[f.condition == "+happy"].p_a.to_numpy())
+           - np.log(f[f.condition == "unsteered"].p_a.to_numpy()))
+    assert raw.mean() > 0.05                             # P(A) rises in every prompt
+    shift = abs(res.effect("+happy", "sycophancy").value)
+    assert shift < 0.2 * float(np.abs(raw).mean())       # but both orders cancel it
+    assert len(f) == 3 * 2 * 2 * (1 + 1 + 1 + 1 + 1)
+    json.dumps(res.to_dict())
+    assert "random directions" in res.statement and "<img" in res._repr_html_()
