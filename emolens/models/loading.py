@@ -187,11 +187,39 @@ def _boot(name: str, hf: Any, tok: Any, device: Any, dtype: torch.dtype) -> Any:
     return TransformerBridge.boot_transformers(name, **kwargs)
 
 
-def _load_default(device: Any, dtype: torch.dtype, cache_dir: Any) -> Any:
+def _placement(device: Any, device_map: Any, n_devices: int | None, max_memory: Any,
+               offload_folder: Any = None) -> dict[str, Any]:
+    """``from_pretrained`` keywords that split a model across devices (accelerate dispatch),
+    resolved the way TransformerLens resolves them (``n_devices`` -> a balanced map over that
+    many CUDA devices). Empty when nothing asks for a split."""
+    if device_map is None and (n_devices is None or n_devices <= 1) and max_memory is None:
+        return {}
+    from transformer_lens.utilities.multi_gpu import resolve_device_map
+
+    from emolens.errors import InputError
+
+    try:
+        dmap, mem = resolve_device_map(n_devices, device_map, device, max_memory)
+    except ValueError as e:
+        raise InputError(f"cannot place the model (device={device!r}, device_map="
+                         f"{device_map!r}, n_devices={n_devices!r}): {e}") from None
+    if dmap is None:
+        raise InputError(f"max_memory={max_memory!r} needs device_map='auto' (or a dict) or "
+                         "n_devices > 1")
+    out: dict[str, Any] = {"device_map": dmap, "attn_implementation": "eager"}
+    if mem is not None:
+        out["max_memory"] = mem
+    if offload_folder is not None:
+        out["offload_folder"] = str(offload_folder)
+    return out
+
+
+def _load_default(device: Any, dtype: torch.dtype, cache_dir: Any,
+                  placement: dict[str, Any] | None = None) -> Any:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = provision_default_model(cache_dir)
-    hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
+    hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, **(placement or {}))
     tok = AutoTokenizer.from_pretrained(str(folder))
     model = _boot(DEFAULT_MODEL_ID, hf, tok, device, dtype)
     record_provenance(model, ModelProvenance(
@@ -209,7 +237,8 @@ def _load_default(device: Any, dtype: torch.dtype, cache_dir: Any) -> Any:
     return model
 
 
-def _load_named(name: str, device: Any, dtype: torch.dtype) -> Any:
+def _load_named(name: str, device: Any, dtype: torch.dtype,
+                placement: dict[str, Any] | None = None) -> Any:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     local = Path(name).expanduser()
@@ -217,7 +246,8 @@ def _load_named(name: str, device: Any, dtype: torch.dtype) -> Any:
     offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
     try:
         hf = AutoModelForCausalLM.from_pretrained(str(local) if is_local else name, dtype=dtype,
-                                                  local_files_only=offline or is_local)
+                                                  local_files_only=offline or is_local,
+                                                  **(placement or {}))
         tok = AutoTokenizer.from_pretrained(str(local) if is_local else name,
                                             local_files_only=offline or is_local)
     except (OSError, ValueError) as e:
@@ -243,7 +273,10 @@ def _load_named(name: str, device: Any, dtype: torch.dtype) -> Any:
 
 def load_model(name: str | None = None, *, device: str | torch.device | None = None,
                dtype: torch.dtype = torch.float32,
-               cache_dir: str | os.PathLike[str] | None = None) -> Any:
+               cache_dir: str | os.PathLike[str] | None = None,
+               device_map: str | dict[str, Any] | None = None, n_devices: int | None = None,
+               max_memory: dict[Any, Any] | None = None,
+               offload_folder: str | os.PathLike[str] | None = None) -> Any:
     """Load a model as a TransformerLens ``TransformerBridge`` (raw weights, no folding).
 
     Args:
@@ -255,13 +288,26 @@ def load_model(name: str | None = None, *, device: str | torch.device | None = N
         dtype: parameter dtype (float32 default).
         cache_dir: cache folder for the converted default model (default ``$EMOLENS_CACHE``
             or the user cache dir).
+        device_map: split the model across devices (accelerate dispatch, as
+            ``TransformerBridge.boot_transformers`` does): ``"auto"``/``"balanced"`` or a dict
+            ``module name -> device`` (e.g. ``{"model.embed_tokens": 0, "model.layers.0": 0,
+            ..., "lm_head": 1}``); all-GPU or all-CPU maps (TransformerLens rejects meta and
+            mixed CPU+GPU maps). Exclusive with ``device``.
+        n_devices: split over this many CUDA devices (a balanced map with each device's free
+            memory as its budget); ``max_memory``: per-device budgets for the dispatcher
+            (``{0: "20GiB", 1: "20GiB"}``). Hooks, readouts, steering and patching work on the
+            device of each site (see docs/scale.md). ``offload_folder``: where ``"disk"``
+            entries of a device map keep their weights.
 
     KV-cache decoding is made exact on transformers 5.24 (see ``emolens.compat``).
     The model's provenance is available from ``emolens.model_provenance(model)``.
     """
     t0 = time.perf_counter()
+    placement = _placement(device, device_map, n_devices, max_memory, offload_folder)
+    if placement:
+        device = None  # the dispatcher places every module
     if name is None:
-        model = _load_default(device, dtype, cache_dir)
+        model = _load_default(device, dtype, cache_dir, placement)
     else:
         if not isinstance(name, str) or not name.strip():
             raise ModelNotAvailableError(
@@ -271,13 +317,18 @@ def load_model(name: str | None = None, *, device: str | torch.device | None = N
 
         entry = find_model(name)
         if entry is not None and entry.default:
-            model = _load_default(device, dtype, cache_dir)
+            model = _load_default(device, dtype, cache_dir, placement)
+        elif entry is not None and placement:
+            raise ModelNotAvailableError(
+                f"device_map / n_devices / max_memory are not supported for catalogue model "
+                f"{name!r} yet; load its cache folder by path instead "
+                "(load_model('/path/to/folder', device_map=...))")
         elif entry is not None:
             from emolens.models.install import load_catalogue_model
 
             model = load_catalogue_model(entry, device, dtype, cache_dir)
         else:
-            model = _load_named(name, device, dtype)
+            model = _load_named(name, device, dtype, placement)
     model.eval()
     _ = time.perf_counter() - t0
     return model
