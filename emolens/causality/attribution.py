@@ -222,7 +222,7 @@ def direction_attribution(
 
         def add(name: str, x: torch.Tensor) -> None:
             comps.append(name)
-            parts.append((x.float() @ V.T).cpu())
+            parts.append((x.float() @ V.T.to(x.device)).cpu())  # on the site's device
 
         add("embed", cache["hook_embed"])
         if "hook_pos_embed" in hooks and "hook_pos_embed" in cache:
@@ -231,17 +231,18 @@ def direction_attribution(
             attn = model.blocks[ly].attn
             z = cache[f"blocks.{ly}.attn.hook_z"].float()               # [b, p, h, d_head]
             W_O = attn.W_O.float()                                         # [h, d_head, d_model]
-            wv = torch.einsum("hdm,em->hde", W_O.to(dev), V)               # [h, d_head, E]
+            W_O = W_O.to(z.device)  # a device-mapped model keeps each block on its own device
+            wv = torch.einsum("hdm,em->hde", W_O, V.to(z.device))          # [h, d_head, E]
             per_head = torch.einsum("bphd,hde->bphe", z, wv).cpu()         # [b, p, h, E]
-            head_sum = torch.einsum("bphd,hdm->bpm", z, W_O.to(dev))
+            head_sum = torch.einsum("bphd,hdm->bpm", z, W_O)
             for h in range(per_head.shape[2]):
                 comps.append(f"L{ly}.H{h}")
                 parts.append(per_head[:, :, h])
             attn_out = cache[f"blocks.{ly}.hook_attn_out"].float()
-            add(f"L{ly}.attn_bias", attn_out - head_sum)                  # b_O (and any rest)
+            add(f"L{ly}.attn_bias", attn_out - head_sum.to(attn_out.device))                  # b_O (and any rest)
             if ly < n_blocks:
                 add(f"L{ly}.mlp", cache[f"blocks.{ly}.hook_mlp_out"])
-        total = (cache[site.name].float() @ V.T).cpu()
+        total = (cache[site.name].float() @ V.T.to(cache[site.name].device)).cpu()
     values = torch.stack(parts, 2)
     remainder = total - values.sum(2)
     values = torch.cat([values, remainder[:, :, None]], 2)
