@@ -52,6 +52,10 @@ class NormsNotAvailableError(EmolensError):
     """The published affect norms (a package installed at set-up time) cannot be found."""
 
 
+class SteeringWarning(UserWarning):
+    """A steering setting that runs but will not give a meaningful result (an absurd strength)."""
+
+
 class FormatError(EmolensError, ValueError):
     """A file on disk is not in the format emolens expects (GGUF, JSON, safetensors)."""
 

@@ -108,7 +108,7 @@ def generate(model: Any, prompt_or_messages: Any, *, max_new_tokens: int = 40,
              steering: Any = None, monitor: Any = None, do_sample: bool = False,
              temperature: float | int = 1.0, top_p: float | int | None = None,
              seed: int | None = None, use_past_kv_cache: bool = True, stop_at_eos: bool = True,
-             monitor_centered: bool = True) -> Generation:
+             monitor_centered: bool = True, strict: bool = True) -> Generation:
     """Generate a continuation of a prompt, a conversation, or a list of them.
 
     Args:
@@ -131,6 +131,10 @@ def generate(model: Any, prompt_or_messages: Any, *, max_new_tokens: int = 40,
         use_past_kv_cache: decode with the KV cache (same tokens as without it, faster).
         stop_at_eos: stop a row at the model's end-of-sequence token.
     """
+        strict: the monitor registry's model check (``EmotionRegistry.check_model``).
+
+    Raises ``InputError`` before generating when the prompt plus ``max_new_tokens`` exceeds
+    the model's context (``n_ctx``).
     from emolens.steering.interventions import apply_steering
     from emolens.tokens import TokenizedBatch, to_inputs
 
@@ -139,6 +143,10 @@ def generate(model: Any, prompt_or_messages: Any, *, max_new_tokens: int = 40,
         raise InputError(f"monitor must be an EmotionRegistry (to read its directions while "
                          f"generating), got a {type(monitor).__name__}")
     steerings = _as_steerings(steering)
+    if monitor is not None:
+        monitor.check_model(model, strict=strict)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise InputError(f"seed={seed!r} must be an int or None")
     if isinstance(prompt_or_messages, TokenizedBatch):
         batch = prompt_or_messages
         if len(batch) == 0 or batch.tokens.shape[1] == 0 or not bool(
@@ -147,6 +155,12 @@ def generate(model: Any, prompt_or_messages: Any, *, max_new_tokens: int = 40,
                              "token per row: to_inputs(model, prompts, padding_side='left')")
     else:
         batch = to_inputs(model, prompt_or_messages, padding_side="left")
+    n_ctx = getattr(model.cfg, "n_ctx", None)
+    if n_ctx is not None and batch.tokens.shape[1] + max_new_tokens > int(n_ctx):
+        raise InputError(
+            f"the prompt ({batch.tokens.shape[1]} tokens) plus max_new_tokens={max_new_tokens} "
+            f"exceeds the model's context of {n_ctx} tokens; shorten the prompt or ask for at "
+            f"most {max(0, int(n_ctx) - batch.tokens.shape[1])} new tokens")
     device = _device(model)
     tokens = batch.tokens.to(device)
     prompt_mask = batch.attention_mask.to(device)
@@ -220,8 +234,7 @@ def _monitor(model: Any, registry: Any, tokens: torch.Tensor, mask: torch.Tensor
     site capture the residual (what the model computed at every step, including the final
     generated token, which decoding itself never feeds back).
     """
-    registry.check_model(model, strict=False)
-    layers = list(registry.layers)
+    layers = list(registry.layers)  # the model check ran at generate's entry
     names = [registry.site(layer).name for layer in layers]
     captured: dict[str, torch.Tensor] = {}
 

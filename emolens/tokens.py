@@ -78,7 +78,18 @@ def is_conversation(x: Any) -> bool:
     return isinstance(x, list) and all(isinstance(m, dict) for m in x) and len(x) > 0
 
 
+def _check_encodable(text: str, where: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InputError(f"{where} holds {text[e.start:e.end]!r} at character {e.start}, which "
+                         "is not valid Unicode text (a lone surrogate); decode the source with "
+                         "errors='replace' or remove it") from None
+
+
 def _normalise_inputs(inputs: Any) -> list[TextInput]:
+    """One text, one conversation or a list of either, as a checked list (``InputError`` names
+    the first bad item: empty text, a message without 'role'/'content', another type)."""
     if isinstance(inputs, str) or is_conversation(inputs):
         return [inputs]
     if not isinstance(inputs, Sequence) or isinstance(inputs, (bytes, dict)):
@@ -93,12 +104,22 @@ def _normalise_inputs(inputs: Any) -> list[TextInput]:
         if isinstance(x, str):
             if not x.strip():
                 raise InputError(f"text {i} is empty or whitespace: {x!r}; remove it or give text")
+            _check_encodable(x, f"text {i}")
         elif is_conversation(x):
             for j, m in enumerate(x):
-                if set(m) < {"role", "content"} or not isinstance(m.get("content"), str):
+                role = m.get("role")
+                if not isinstance(role, str) or not role.strip() \
+                        or not isinstance(m.get("content"), str):
                     raise InputError(
-                        f"message {j} of conversation {i} must have 'role' and string 'content', "
-                        f"got keys {sorted(m)}")
+                        f"message {j} of conversation {i} must have a non-empty string 'role' "
+                        f"('system', 'user', 'assistant') and a string 'content', got "
+                        f"{ {k: type(v).__name__ for k, v in m.items()} }")
+                _check_encodable(m["content"], f"message {j} of conversation {i}")
+            if all(m["role"] == "assistant" for m in x):
+                raise InputError(
+                    f"conversation {i} has only assistant messages; a reply needs a user (or "
+                    "system) message before it, e.g. [{'role': 'user', 'content': ...}, "
+                    "{'role': 'assistant', 'content': ...}]")
         else:
             raise InputError(
                 f"input {i} is a {type(x).__name__}; each input must be a string or a list of "

@@ -10,20 +10,20 @@ held-out text without keeping activations around.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from jaxtyping import Float
 
-from emolens.errors import ExtractionError, InputError
+from emolens.errors import ExtractionError, InputError, check_positive_int
 from emolens.extraction.accumulator import ClassMeanAccumulator, MomentAccumulator, masked_means
 from emolens.extraction.methods import ExtractionData, ExtractionMethod, get_method
 from emolens.extraction.positions import position_mask, validate_policy
 from emolens.registry import EmotionRegistry
 from emolens.scoring import CLASSIFY_RULE, score
-from emolens.sites import Site, resolve_sites
+from emolens.sites import Site, require_block_sites, resolve_sites
 from emolens.tokens import TextInput, TokenizedBatch, to_inputs
 
 
@@ -96,7 +96,13 @@ def _from_corpus(corpus: Any, emotions: Sequence[str] | None, max_train: int | N
         for c, e in enumerate(names):
             if e not in corpus:
                 raise InputError(f"emotion {e!r} is not in the given texts {sorted(corpus)}")
-            texts = list(corpus[e])[:max_train]
+            given = corpus[e]
+            if isinstance(given, (str, bytes)) or not isinstance(given, Iterable):
+                raise InputError(
+                    f"the texts of emotion {e!r} must be a list of texts, got "
+                    f"{type(given).__name__} {str(given)[:40]!r}; write {{{e!r}: [{str(given)[:20]!r}]}}"
+                    " (a string would be read as one text per character)")
+            texts = list(given)[:max_train]
             train.texts += texts
             train.labels += [c] * len(texts)
         return (names, train, LabelledTexts([], []), LabelledTexts([], []), [],
@@ -184,8 +190,8 @@ def extract_emotions(model: Any, corpus: Any = None, *, layers: Any = None,
     """
     t0 = time.perf_counter()
     policy = validate_policy(positions)
-    if batch_size < 1:
-        raise InputError(f"batch_size must be >= 1, got {batch_size!r}")
+    check_positive_int(batch_size, "batch_size")
+    check_positive_int(max_texts_per_emotion, "max_texts_per_emotion", allow_none=True)
     if corpus is None:
         from emolens.stimuli import load_corpus
 
@@ -209,7 +215,7 @@ def extract_emotions(model: Any, corpus: Any = None, *, layers: Any = None,
         train = LabelledTexts(train.texts, [train.labels[i] for i in perm])
     neutral_texts = list(corpus_neutral if neutral is None else neutral)
     algo = get_method(method, **method_params)
-    sites = resolve_sites(model, layers)
+    sites = require_block_sites(resolve_sites(model, layers))
     d_model = int(model.cfg.d_model)
     acc = ClassMeanAccumulator(len(sites), len(names), d_model)
     n_controls = (5 if shuffled_control is True else int(shuffled_control)) \

@@ -67,25 +67,46 @@ def _default_cache_dir(cache_dir: str | os.PathLike[str] | None) -> Path:
     return cache_root(cache_dir) / "models" / f"smollm2-135m-instruct-q4_1-{DEFAULT_GGUF_SHA256[:12]}"
 
 
+_REQUIRED_FILES = ("config.json", "model.safetensors")
+
+
 def _read_manifest(folder: Path) -> dict[str, Any]:
-    import json
+    """The cache's manifest, every field type-checked; any problem is a ``CacheError`` (the
+    cache is then rebuilt, never loaded)."""
+    from emolens.io import read_json
 
     mpath = folder / _MANIFEST
     if not mpath.is_file():
         raise CacheError(f"no manifest in {str(folder)!r} (interrupted conversion)")
-    try:
-        manifest = json.loads(mpath.read_text())
-    except ValueError as e:
-        raise CacheError(f"unreadable manifest {str(mpath)!r}: {e}") from e
+    manifest = read_json(mpath, error=CacheError)
+    if not isinstance(manifest, dict):
+        raise CacheError(f"manifest {str(mpath)!r} is not a JSON object (edited or damaged)")
     if manifest.get("format") != _CACHE_FORMAT or manifest.get("gguf_sha256") != DEFAULT_GGUF_SHA256:
         raise CacheError(f"manifest {str(mpath)!r} is for another cache format or GGUF file")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not all(
+            isinstance(n, str) and n and "/" not in n and "\\" not in n and not n.startswith(".")
+            and isinstance(m, dict) and isinstance(m.get("size"), int)
+            and not isinstance(m.get("size"), bool) and isinstance(m.get("sha256"), str)
+            for n, m in files.items()):
+        raise CacheError(f"manifest {str(mpath)!r}: 'files' must map plain file names to "
+                         "{size: int, sha256: str} (edited or damaged)")
+    missing = [n for n in _REQUIRED_FILES if n not in files]
+    if missing:
+        raise CacheError(f"manifest {str(mpath)!r} does not list {missing} (edited or damaged)")
     return manifest
 
 
 def verify_default_cache(folder: Path) -> dict[str, Any]:
-    """Check every cached file against the manifest's sizes and sha256 hashes."""
+    """Check every cached file against the manifest's sizes and sha256 hashes; the manifest
+    must list config.json, model.safetensors and every other file in the folder."""
     manifest = _read_manifest(folder)
-    for name, meta in manifest["files"].items():
+    files = manifest["files"]
+    unlisted = sorted(p.name for p in folder.iterdir() if p.name != _MANIFEST and p.name not in files)
+    if unlisted:
+        raise CacheError(f"cache {str(folder)!r} holds files its manifest does not list: "
+                         f"{unlisted[:5]}")
+    for name, meta in files.items():
         p = folder / name
         if not p.is_file():
             raise CacheError(f"cached file {str(p)!r} is missing")
@@ -94,6 +115,22 @@ def verify_default_cache(folder: Path) -> dict[str, Any]:
         if sha256_file(p) != meta["sha256"]:
             raise CacheError(f"cached file {str(p)!r} does not match its sha256")
     return manifest
+
+
+def _check_cache_dir(folder: Path) -> None:
+    """Before a conversion (tens of seconds), refuse a cache location that cannot be written:
+    ``cache_dir`` (or a folder above it) is a file, or is read-only."""
+    from emolens.io import check_output_folder
+
+    check_output_folder(folder.parent, error=CacheError, what="the model cache folder")
+
+
+def _remove_stale_builds(folder: Path) -> None:
+    """Delete temporary build folders (``.<name>.<random>``) that a killed conversion left
+    beside ``folder``; called under the provisioning lock, so none of them is live."""
+    for p in folder.parent.glob(f".{folder.name}.*"):
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def _load_hf_from_gguf(gguf: Path, dtype: torch.dtype) -> tuple[Any, Any]:
@@ -132,9 +169,25 @@ def provision_default_model(cache_dir: str | os.PathLike[str] | None = None, *,
             return folder
         except CacheError:
             pass
+    _check_cache_dir(folder)
+    from emolens.io import file_lock
+
+    with file_lock(folder.parent / f".{folder.name}.lock"):
+        if folder.exists() and not force:  # another process may have built it meanwhile
+            try:
+                verify_default_cache(folder)
+                return folder
+            except CacheError:
+                pass
+        _remove_stale_builds(folder)
+        _convert_default(folder)
+    return folder
+
+
+def _convert_default(folder: Path) -> None:
+    """De-quantise the GGUF into a temporary sibling of ``folder``, then rename it into place."""
     gguf = default_gguf_path()
     hf, tok = _load_hf_from_gguf(gguf, torch.float32)
-    folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         # transformers refuses save_pretrained on a GGUF-loaded model; the weights are plain
@@ -167,7 +220,27 @@ def provision_default_model(cache_dir: str | os.PathLike[str] | None = None, *,
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return folder
+
+
+def _check_device(device: Any) -> None:
+    """Refuse, before any loading, a device this machine does not have (``"cuda:7"`` on a
+    CPU-only machine or one with fewer GPUs, a misspelt name)."""
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ModelNotAvailableError(f"device={device!r} is not a device name ({e}); use e.g. "
+                                     "'cpu', 'cuda', 'cuda:0' or 'mps'") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0 or (dev.index is not None and dev.index >= n):
+            raise ModelNotAvailableError(
+                f"device={device!r}: this machine has {n} CUDA device(s)"
+                + (f" (cuda:0..cuda:{n - 1})" if n else "; use device='cpu'"))
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps")
+                                    and torch.backends.mps.is_available()):
+        raise ModelNotAvailableError(f"device={device!r}: MPS is not available here; use 'cpu'")
 
 
 def _boot(name: str, hf: Any, tok: Any, device: Any, dtype: torch.dtype) -> Any:
@@ -303,6 +376,7 @@ def load_model(name: str | None = None, *, device: str | torch.device | None = N
     The model's provenance is available from ``emolens.model_provenance(model)``.
     """
     t0 = time.perf_counter()
+    _check_device(device)
     placement = _placement(device, device_map, n_devices, max_memory, offload_folder)
     if placement:
         device = None  # the dispatcher places every module

@@ -72,7 +72,8 @@ def _section_model(ctx: RunContext) -> None:
     ctx.model = emolens.load_model(ctx.config.model)
     prov = emolens.model_provenance(ctx.model)
     ctx.results["model"] = {**prov.to_dict(), "n_heads": int(ctx.model.cfg.n_heads),
-                            "n_ctx": int(ctx.model.cfg.n_ctx)}
+                            "n_ctx": int(ctx.model.cfg.n_ctx),
+                            "content_key": model_content_key(prov)}
     note = ("The weights are the Q4_1 GGUF of SmolLM2-135M-Instruct de-quantised to float32, "
             "not the original bf16 weights." if prov.source == "gguf" else "")
     ctx.report.add_section("model", "Model", f"`{prov.model_id}`: {prov.n_layers} layers, "
@@ -112,16 +113,29 @@ def _resolved_dtype(ctx: RunContext) -> Any:
     return resolve_compute_dtype(ctx.config.compute_dtype, ctx.model)
 
 
+def model_content_key(prov: Any) -> str | None:
+    """For a model loaded from a local folder, ``emolens.io.folder_content_key`` of the folder
+    (sizes, mtimes and sampled bytes of every file): the registry cache must not outlive a
+    change of the weights behind one path. None for the GGUF default and hub models (their
+    revision is in the provenance)."""
+    from emolens.io import folder_content_key
+
+    folder = Path(str(prov.model_id))
+    return folder_content_key(folder) if prov.source == "local" and folder.is_dir() else None
+
+
 def _registry_key(ctx: RunContext, layers: list[int]) -> str:
     import emolens
 
     prov = emolens.model_provenance(ctx.model)
-    key = json.dumps({"model": prov.model_id, "rev": prov.revision, "wp": prov.weight_processing,
+    content = ctx.results.get("model", {}).get("content_key") or model_content_key(prov)
+    key = json.dumps({"model": prov.model_id, "rev": prov.revision, "content": content,
+                      "wp": prov.weight_processing,
                       "corpus": ctx.corpus.content_hash, "emotions": ctx.corpus.emotions,
                       "method": ctx.config.method, "positions": ctx.config.positions,
                       "layers": layers, "quick": ctx.config.quick,
                       "compute_dtype": _resolved_dtype(ctx).name,
-                      "emolens_registry_format": 1}, sort_keys=True)
+                      "emolens_registry_format": 2}, sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -154,6 +168,9 @@ def _section_registry(ctx: RunContext) -> None:
                                        compute_dtype=ctx.config.compute_dtype,
                                        max_texts_per_emotion=QUICK_STORIES if quick else None,
                                        progress=ctx.config.progress)
+        content = ctx.results.get("model", {}).get("content_key")
+        if content:  # the weights the directions came from, beside the folder's path
+            reg.metadata.setdefault("model", {})["content_key"] = content
         reg.save(cached)
     ctx.registry = reg
     reg.save(ctx.config.out / "registry")
@@ -536,11 +553,19 @@ def register_section(name: str, fn: Callable[[RunContext], None]) -> None:
 
 def run(config: RunConfig) -> dict[str, Any]:
     """Run the main job; returns the results dict also written to ``DIR/results.json``."""
-    from emolens.io import write_json
+    from emolens.errors import InputError, unknown_name_message
+    from emolens.io import check_output_folder, write_json
     from emolens.views import Report
 
-    config.out = Path(config.out)
-    config.out.mkdir(parents=True, exist_ok=True)
+    if config.sections is not None:
+        if isinstance(config.sections, str) or not config.sections:
+            raise InputError(f"sections must be a non-empty list of names, got "
+                             f"{config.sections!r}; valid: {list(SECTIONS)}")
+        for name in config.sections:
+            if name not in SECTIONS:
+                raise InputError(unknown_name_message("section", name, SECTIONS,
+                                                      "see `emolens run --help`"))
+    config.out = check_output_folder(config.out, error=InputError, what="--out")
     ctx = RunContext(config)
     ctx.report = Report("emolens: emotion directions in "
                         f"{config.model or 'SmolLM2-135M-Instruct (default)'}",

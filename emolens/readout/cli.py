@@ -86,10 +86,16 @@ def _fmt(x: float, spec: str = ".3f") -> str:
 def run(args: argparse.Namespace, model: Any = None) -> int:
     """The command below its argument parsing: ``model`` is loaded from ``--model`` when not
     given (tests pass a model object)."""
-    from emolens.io import write_json
+    from emolens.errors import check_positive_int
+    from emolens.io import check_output_file, write_json
     from emolens.readout.evaluation import _resolve_labels, evaluate, load_labelled
     from emolens.registry import EmotionRegistry
 
+    # every argument is checked before the data, the registry and the model are read
+    for name in ("batch_size", "bootstrap", "permutations"):
+        check_positive_int(getattr(args, name), f"--{name.replace('_', '-')}")
+    if args.out is not None:
+        check_output_file(args.out, error=InputError, what="--out")
     texts, labels = load_labelled(args.data, text_field=args.text_field,
                                   label_field=args.label_field)
     label_map = parse_label_map(args.label_map)

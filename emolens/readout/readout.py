@@ -8,14 +8,14 @@ probe"; ``kind="cosine"`` for cosines, ``centered=False`` for the raw projection
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from jaxtyping import Bool, Float, Int
 
-from emolens.errors import InputError
+from emolens.errors import InputError, check_positive_int
 from emolens.registry import EmotionRegistry
 from emolens.scoring import check_kind, score
 from emolens.tokens import to_inputs
@@ -127,8 +127,9 @@ class Readout:
                 f"<tr><th>#</th><th>text</th><th>top pooled emotions</th></tr>{rows}</table></div>")
 
 
-def read_emotions(model: Any, registry: EmotionRegistry, texts: Any, *, layer: int | None = None,
-                  layers: Sequence[int] | str | None = None, batch_size: int = 16,
+def read_emotions(model: Any, registry: EmotionRegistry, texts: Any, *,
+                  layer: int | str | None = None,
+                  layers: Sequence[int | str] | str | None = None, batch_size: int = 16,
                   padding_side: str = "right", kind: str = "projection", centered: bool = True,
                   strict: bool = True, distributed: bool | str | None = "auto") -> Readout:
     """Read every emotion of ``registry`` on ``texts`` (strings and/or chat conversations).
@@ -146,16 +147,23 @@ def read_emotions(model: Any, registry: EmotionRegistry, texts: Any, *, layer: i
     registry.check_model(model, strict=strict)
     if layers is not None and layer is not None:
         raise InputError("pass either layer= (one) or layers= (several), not both")
+    check_positive_int(batch_size, "batch_size")
     single = layers is None
     if layers is None:
-        use = [registry.default_layer if layer is None else int(layer)]
+        wanted = [layer]  # None: the registry's default layer
     elif layers == "all":
-        use = registry.layers
-    elif isinstance(layers, str):
+        wanted = list(registry.layers)
+    elif isinstance(layers, str) or not isinstance(layers, Iterable):
         raise InputError(f"layers must be a list of layer numbers or 'all', got {layers!r}")
     else:
-        use = sorted({int(x) for x in layers})
-    sites = [registry.site(x) for x in use]  # validates every layer
+        wanted = list(layers)
+        if not wanted:
+            raise InputError(f"layers=[] selects nothing: pass layer numbers from "
+                             f"{registry.layers}, 'all', or layer= for one")
+    # the registry resolves numbers (negative from the model's count), hook names and Sites,
+    # and refuses bools and floats
+    sites = sorted({registry.site(x) for x in wanted}, key=lambda s: s.layer)
+    use = [s.layer for s in sites]
     check_kind(kind)
     from emolens.tokens import _normalise_inputs
 

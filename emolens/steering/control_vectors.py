@@ -69,6 +69,11 @@ def _spec(emotion_or_spec: Any, strength: float | int, registry: Any) -> dict[st
     if isinstance(emotion_or_spec, str):
         spec = {emotion_or_spec: float(strength)}
     elif isinstance(emotion_or_spec, Mapping) and emotion_or_spec:
+        for k, v in emotion_or_spec.items():
+            if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, (int, float)) \
+                    or not math.isfinite(float(v)):
+                raise SteeringError(f"control-vector spec {dict(emotion_or_spec)!r}: each entry "
+                                    f"must be emotion name -> finite number, got {k!r}: {v!r}")
         spec = {str(k): float(v) * float(strength) for k, v in emotion_or_spec.items()}
     else:
         raise SteeringError(f"pass an emotion name or {{emotion: strength}}, got "
@@ -88,7 +93,10 @@ def export_control_vector(registry: Any, emotion_or_spec: Any, path: str | os.Pa
     ``layers``: registry layers to export (default: every registry layer llama.cpp can address,
     i.e. all but the output of block 0). The write is atomic. Returns the path.
     """
+    from emolens.io import check_output_file
+
     spec = _spec(emotion_or_spec, strength, registry)
+    check_output_file(path, error=SteeringError, what="control-vector file")
     wp = registry.provenance.get("weight_processing")
     if wp not in (None, "raw"):
         raise SteeringError(
@@ -96,7 +104,7 @@ def export_control_vector(registry: Any, emotion_or_spec: Any, path: str | os.Pa
             "runs the raw weights, whose residual basis differs. Extract on the raw model "
             "(emolens.load_model() default) to export a control vector")
     explicit = layers is not None
-    wanted = list(registry.layers) if layers is None else [int(x) for x in layers]
+    wanted = list(registry.layers) if layers is None else list(layers)  # registry.site checks
     vectors: dict[int, np.ndarray] = {}
     sources: dict[int, str] = {}
     for layer in wanted:

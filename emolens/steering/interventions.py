@@ -30,6 +30,7 @@ removes them even when the body raises.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -39,7 +40,7 @@ from typing import Any
 import torch
 from jaxtyping import Float
 
-from emolens.errors import EmolensError, SteeringError, unknown_name_message
+from emolens.errors import EmolensError, SteeringError, SteeringWarning, unknown_name_message
 from emolens.steering.positions import (
     PositionPolicy,
     PositionTracker,
@@ -50,6 +51,7 @@ from emolens.steering.positions import (
 
 OPS = ("add", "ablate", "clamp", "ablate_add")
 VECTOR_NAME = "vector"
+ABSURD_STRENGTH = 100.0  # |strength| above this many mean residual norms warns
 
 
 # ---------------------------------------------------------------------------- direction sources
@@ -256,6 +258,7 @@ class Steering:
                 f"{{'calm': 0.05}}, got {spec!r}")
         out: dict[str, float] = {}
         for name, value in spec.items():
+        reg_source = _is_registry(self.source)
             if not isinstance(name, str) or name not in names:
                 raise SteeringError(unknown_name_message(
                     family, name, names, "steer only with directions the source holds"))
@@ -263,11 +266,21 @@ class Steering:
                 raise SteeringError(
                     f"strength for {name!r} is {value!r} ({type(value).__name__}); strengths are "
                     "numbers in units of the mean residual norm (e.g. 0.05)")
-            if not math.isfinite(float(value)):
+            try:
+                fvalue = float(value)
+            except OverflowError:
+                fvalue = math.inf
+            if not math.isfinite(fvalue):
                 raise SteeringError(
-                    f"strength for {name!r} is {value!r}; strengths must be finite numbers "
-                    "(units of the mean residual norm; typical 0.025-0.5)")
-            out[name] = float(value)
+                    f"strength for {name!r} is {str(value)[:40]!r}; strengths must be finite "
+                    "numbers (units of the mean residual norm; typical 0.025-0.5)")
+            if abs(fvalue) > ABSURD_STRENGTH and (self.scale is not None or reg_source):
+                warnings.warn(
+                    f"strength {fvalue:g} for {name!r} is more than {ABSURD_STRENGTH:g} times "
+                    "the mean residual norm (typical 0.025-0.5): the steered residual swamps "
+                    "the model's own and the output degenerates (constant or NaN logits)",
+                    SteeringWarning, stacklevel=4)
+            out[name] = fvalue
         return out
 
     @property

@@ -123,20 +123,41 @@ def parse_circuitsvis(rendered: Any) -> Component | None:
     return Component(m.group("name"), dict(props))
 
 
+_URL = r"""\s*["']?\s*(?:[a-z][a-z0-9+.-]*:)?//"""  # http://, https://, ftp://, //host ...
 _REMOTE = re.compile(
-    r"""\bsrc\s*=\s*["']?\s*(?:https?:)?//"""
-    r"""|<link\b[^>]*\bhref\s*=\s*["']?\s*(?:https?:)?//"""
-    r"""|\bimport\b[^;\n]*?["'](?:https?:)?//"""
-    r"""|url\(\s*["']?\s*(?:https?:)?//"""
-    r"""|@import\b""", re.I)
+    r"""\b(?:src|poster|background|data|action|formaction|ping|codebase|archive|manifest|"""
+    r"""xlink:href|lowsrc|dynsrc|longdesc)\s*=""" + _URL
+    + r"""|<(?:link|image|use|feimage|base|object|embed|iframe|form|a\b[^>]*\bping)\b[^>]*"""
+      r"""\bhref\s*=""" + _URL
+    + r"""|\bsrcset\s*=\s*["']?[^"'>]*//"""  # any candidate of a srcset
+    + r"""|\bimport\b[^;\n]*?["'](?:[a-z][a-z0-9+.-]*:)?//"""
+    + r"""|\burl\(""" + _URL
+    + r"""|\bimage-set\([^)]*?//"""
+    + r"""|@import\b"""
+    + r"""|<meta\b[^>]*\bhttp-equiv\s*=\s*["']?\s*refresh""", re.I)
+
+
+def _decoded(fragment: str) -> str:
+    """``fragment`` with HTML character references and CSS escapes decoded, so that
+    ``&#104;ttps://`` or ``\\68 ttps://`` cannot hide a URL from the check."""
+    import html as _h
+
+    text = _h.unescape(_h.unescape(fragment))  # twice: &amp;#47; -> &#47; -> /
+    return re.sub(r"\\([0-9a-fA-F]{1,6})\s?", lambda m: chr(int(m.group(1), 16))
+                  if int(m.group(1), 16) < 0x110000 else "", text)
 
 
 def find_remote_reference(fragment: str) -> str | None:
-    """The first thing in ``fragment`` that would load from the network, or ``None``.
+    """The first thing in ``fragment`` that would (or could) load from the network, or ``None``.
 
-    Catches ``src=`` / ``<link href=`` / ES ``import`` / CSS ``url()`` pointing at
-    ``http(s)://`` or ``//``, and CSS ``@import``. Plain ``<a href>`` links are allowed (they
-    load nothing until clicked).
+    Catches URL-bearing attributes (``src``, ``srcset``, ``poster``, ``<object data>``,
+    ``<form action>``, ``formaction``, ``ping``, ``background``, ``<link|image|use|base|
+    iframe href>``, ...) pointing at ``scheme://`` or ``//``, ES ``import``, CSS ``url()`` /
+    ``image-set()`` / ``@import``, and ``<meta http-equiv=refresh>``, after decoding HTML
+    character references and CSS escapes. Plain ``<a href>`` links are allowed (they load
+    nothing until clicked). The report's CSP blocks these loads as well; refusing them here
+    keeps a page that depends on them from being written at all.
     """
+    fragment = _decoded(fragment)
     m = _REMOTE.search(fragment)
     return None if m is None else fragment[max(0, m.start() - 20):m.end() + 40]

@@ -365,7 +365,10 @@ class Report:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the page to ``path`` atomically (temporary file, then rename); returns it."""
-        path = Path(path)
+        from emolens.errors import InputError
+        from emolens.io import check_output_file
+
+        path = check_output_file(path, error=InputError, what="report file")
         with atomic_open(path, "w") as f:
             for chunk in self._iter_html():
                 f.write(chunk)
