@@ -50,8 +50,8 @@ from emolens.steering.positions import (
 )
 
 OPS = ("add", "ablate", "clamp", "ablate_add")
-VECTOR_NAME = "vector"
 ABSURD_STRENGTH = 100.0  # |strength| above this many mean residual norms warns
+VECTOR_NAME = "vector"
 
 
 # ---------------------------------------------------------------------------- direction sources
@@ -257,8 +257,8 @@ class Steering:
                 f"spec must be a non-empty mapping {{{family}: strength}} such as "
                 f"{{'calm': 0.05}}, got {spec!r}")
         out: dict[str, float] = {}
-        for name, value in spec.items():
         reg_source = _is_registry(self.source)
+        for name, value in spec.items():
             if not isinstance(name, str) or name not in names:
                 raise SteeringError(unknown_name_message(
                     family, name, names, "steer only with directions the source holds"))
