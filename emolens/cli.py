@@ -149,11 +149,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EmolensError as e:
         print(f"emolens: error: {e}", file=sys.stderr)
         return 2
-
-
     except KeyboardInterrupt:  # Ctrl-C: one line, the shell's exit code for SIGINT
         print(f"emolens: interrupted ({args.command}); files written so far are complete "
               "(every write is atomic), the rest was not written", file=sys.stderr)
         return 130
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -130,11 +130,11 @@ def generate(model: Any, prompt_or_messages: Any, *, max_new_tokens: int = 40,
             is left as it was).
         use_past_kv_cache: decode with the KV cache (same tokens as without it, faster).
         stop_at_eos: stop a row at the model's end-of-sequence token.
-    """
         strict: the monitor registry's model check (``EmotionRegistry.check_model``).
 
     Raises ``InputError`` before generating when the prompt plus ``max_new_tokens`` exceeds
     the model's context (``n_ctx``).
+    """
     from emolens.steering.interventions import apply_steering
     from emolens.tokens import TokenizedBatch, to_inputs
 
@@ -142,11 +142,11 @@ def generate(model: Any, prompt_or_messages: Any, *, max_new_tokens: int = 40,
     if monitor is not None and not all(hasattr(monitor, a) for a in ("matrix", "layers", "site")):
         raise InputError(f"monitor must be an EmotionRegistry (to read its directions while "
                          f"generating), got a {type(monitor).__name__}")
-    steerings = _as_steerings(steering)
     if monitor is not None:
         monitor.check_model(model, strict=strict)
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise InputError(f"seed={seed!r} must be an int or None")
+    steerings = _as_steerings(steering)
     if isinstance(prompt_or_messages, TokenizedBatch):
         batch = prompt_or_messages
         if len(batch) == 0 or batch.tokens.shape[1] == 0 or not bool(
