@@ -39,6 +39,7 @@ import torch
 from emolens.errors import DistributedError, InputError
 
 DEFAULT_TIMEOUT_S = 1800.0
+_CHUNK = 1 << 25  # elements per all-reduce call: bounds the collective's extra memory
 _TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -146,15 +147,21 @@ class DistContext:
 
     # ----------------------------------------------------------------- collectives
     def all_reduce_(self, tensors: Sequence[torch.Tensor]) -> None:
-        """Sum each tensor over ranks, in place. Floating tensors are summed in float64."""
+        """Sum each (contiguous) tensor over ranks, in place. Floating tensors are summed in
+        float64, in chunks of 2^25 elements (the extra memory on the collective's device is at
+        most 256 MiB, whatever the accumulator's size)."""
         if not self.active:
             return
         import torch.distributed as dist
 
         for t in tensors:
-            work = t.to(self.device, torch.float64 if t.is_floating_point() else torch.int64)
-            dist.all_reduce(work, op=dist.ReduceOp.SUM)
-            t.copy_(work.to(t.device, t.dtype))
+            flat = t.view(-1)  # accumulators are contiguous; reduced in chunks of <= 32 Mi
+            for start in range(0, flat.numel(), _CHUNK):  # elements (256 MiB in float64)
+                part = flat[start:start + _CHUNK]
+                work = part.to(self.device,
+                               torch.float64 if t.is_floating_point() else torch.int64)
+                dist.all_reduce(work, op=dist.ReduceOp.SUM)
+                part.copy_(work.to(part.device, part.dtype))
 
     def broadcast_(self, tensors: Sequence[torch.Tensor], src: int = 0) -> None:
         """Copy each tensor from rank ``src`` to every rank, in place (bit-identical results)."""

@@ -98,6 +98,9 @@ def _worker(rank, world, port, out):
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world,
                                          timeout=datetime.timedelta(seconds=60))
+    import emolens.distributed
+
+    emolens.distributed._CHUNK = 1000  # the neutral moments (4 x 64 x 64) go in 17 chunks
     try:
         _save(out, f"rank{rank}", *_run_all("auto"))
         if rank == 0:
