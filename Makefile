@@ -53,3 +53,30 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
+
+# make bench-peers: emolens beside steering-vectors, repeng, dialz and nnsight on the same work
+# (benchmarks/bench_peers.py, docs/results.md "Peer libraries"). The peers live in their own
+# environment, never in emolens's dependencies: installed with --no-deps beside the torch,
+# transformers 5 and numpy 2 that emolens uses (seen through a .pth file); a peer that does not
+# install or import is skipped with a message.
+PEERS_VENV := .venv-peers
+PEERS_PY := $(PEERS_VENV)/bin/python
+PEERS_STAMP := $(PEERS_VENV)/.emolens-peers
+PEER_SPECS := steering-vectors==0.12.2 repeng==0.4.0 dialz==1.1.4 nnsight==0.8.1
+PEER_SUPPORT := scikit-learn python-dotenv greenlet cloudpickle zstandard websocket-client
+
+.PHONY: bench-peers
+
+$(PEERS_STAMP): $(STAMP)
+	@test -x $(PEERS_PY) || $(PY) -m venv $(PEERS_VENV)
+	@SP=$$($(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])"); \
+	  PSP=$$($(PEERS_PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])"); \
+	  echo "import site; site.addsitedir('$$SP')" > "$$PSP/emolens-venv.pth"
+	@for spec in $(PEER_SPECS); do $(PEERS_PY) -m pip install -q --no-deps $$spec \
+	  || echo "note: $$spec could not be installed; bench-peers will skip it"; done
+	@$(PEERS_PY) -m pip install -q $(PEER_SUPPORT) 2>&1 | grep -v "dependency resolver\|requires" \
+	  || true
+	@touch $(PEERS_STAMP)
+
+bench-peers: setup $(PEERS_STAMP)
+	nice -n 5 $(PEERS_PY) benchmarks/bench_peers.py

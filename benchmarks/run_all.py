@@ -76,6 +76,10 @@ def main() -> int:
         print(f"[bench] {name} done in {time.perf_counter() - t0:.1f}s", flush=True)
     from emolens.io import write_json
 
+    old = Path(args.out)  # keep the peers_* figures, written by `make bench-peers` (bench_peers.py)
+    if old.is_file():
+        results.update({k: v for k, v in json.loads(old.read_text()).items()
+                        if k.startswith("peers_") and k not in results})
     write_json(args.out, results)
     width = max(len(k) for k in results)
     print(f"\n{'figure':<{width}}  {'value':>12}  goal")
