@@ -16,6 +16,8 @@ __version__ = "0.1.0"
 # public name -> module that defines it (imported on first attribute access)
 _LAZY: dict[str, str] = {
     "load_model": "emolens.models",
+    "install_model": "emolens.models.install",
+    "catalogue": "emolens.models.catalogue",
     "provision_default_model": "emolens.models",
     "model_provenance": "emolens.models",
     "ModelProvenance": "emolens.models",
@@ -67,11 +69,12 @@ _LAZY: dict[str, str] = {
     "steering_score": "emolens.steering",
     "reply_emotion_prediction": "emolens.readout",
 }
-_LAZY_MODULES = ("distributed", "testing", "errors", "sites", "tokens", "models", "compat",
+_LAZY_MODULES = ("compare", "distributed", "testing", "errors", "sites", "tokens", "models", "compat",
                  "io", "geometry", "extraction", "readout", "stimuli", "views", "pipeline", "registry",
                  "steering", "causality", "generation", "stats")
 
-__all__ = ["EmolensError", "__version__", *sorted(_LAZY)]
+# ``compare`` is a callable package: ``emolens.compare(models=[...])``
+__all__ = ["EmolensError", "__version__", "compare", *sorted(_LAZY)]
 
 
 def __getattr__(name: str) -> Any:

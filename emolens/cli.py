@@ -102,6 +102,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("accuracy of a saved registry's directions on your own labelled texts",
                  "emolens.readout.cli:"),
     "models": ("the offline model catalogue: list, install", "emolens.models.cli:"),
+    "compare": ("compare emotion geometry and accuracy across models; writes a report",
+                "emolens.compare.cli:"),
     "steer": ("steered generation, dose-response sweeps, the word test, llama.cpp export",
               "emolens.steering.cli:"),
     "extract": ("build a registry from a corpus and save it (torchrun: data parallel)",

@@ -1,0 +1,43 @@
+"""Comparing models: the same measures on each, and the similarity of their emotion geometry.
+
+``compare(models=[...], corpus)`` (``emolens compare --models A B --out DIR``): per model,
+test-split accuracy and the shuffled control, PC1/PC2 explained variance and their correlation
+with published norms; between models, RSA (``rsa``, ``registry_rsa``). See docs/compare.md.
+"""
+import sys
+import types
+from typing import Any
+
+from emolens.compare.compare import (
+    CPU_EMOTIONS,
+    PRESETS,
+    ComparisonResult,
+    Preset,
+    compare,
+    measure_registry,
+)
+from emolens.compare.rsa import RSAResult, cosine_matrix, registry_rsa, rsa
+
+__all__ = [
+    "CPU_EMOTIONS",
+    "PRESETS",
+    "ComparisonResult",
+    "Preset",
+    "RSAResult",
+    "compare",
+    "cosine_matrix",
+    "measure_registry",
+    "registry_rsa",
+    "rsa",
+]
+
+
+class _CallableModule(types.ModuleType):
+    """``emolens.compare`` is this package once any of its submodules is imported (Python sets
+    the attribute on the parent), so the package itself forwards calls to ``compare``."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> ComparisonResult:
+        return compare(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

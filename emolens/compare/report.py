@@ -1,0 +1,223 @@
+"""The comparison report: figures across the ladder (by parameter count) and against depth."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def _fig(figsize: tuple[float, float] = (6.4, 3.8)) -> Any:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    return fig, fig.add_subplot(1, 1, 1)
+
+
+def _x(models: list[dict[str, Any]]) -> np.ndarray:
+    return np.array([m["n_params"] for m in models], dtype=float)
+
+
+def _label_points(ax: Any, xs: np.ndarray, ys: list[float], names: list[str]) -> None:
+    for x, y, n in zip(xs, ys, names):
+        if y == y:  # not NaN
+            ax.annotate(n, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+
+
+def _errbar(ax: Any, xs: np.ndarray, vals: list[float], cis: list[list[float]], **kw: Any
+            ) -> None:
+    v = np.array(vals, dtype=float)
+    lo = np.array([c[0] if c and c[0] is not None else np.nan for c in cis], dtype=float)
+    hi = np.array([c[1] if c and c[1] is not None else np.nan for c in cis], dtype=float)
+    # a percentile interval may miss the point estimate (small samples): clip, the table says
+    err = [np.clip(np.nan_to_num(v - lo), 0, None), np.clip(np.nan_to_num(hi - v), 0, None)]
+    ax.errorbar(xs, v, yerr=err, marker="o",
+                capsize=3, **kw)
+
+
+def ladder_accuracy_figure(models: list[dict[str, Any]]) -> Any:
+    fig, ax = _fig()
+    have = [m for m in models if "test" in m]
+    xs = _x(have)
+    acc = [m["test"]["at_default_layer"]["accuracy"] for m in have]
+    _errbar(ax, xs, acc, [m["test"]["at_default_layer"]["ci"] for m in have],
+            label="test accuracy at the dev-chosen layer (95% CI)")
+    sh = [m["test"]["at_default_layer"]["shuffled"] for m in have]
+    ax.plot(xs, [np.nan if s is None else s for s in sh], "s--", color="0.45",
+            label="shuffled-label control (test)")
+    if have:
+        ax.axhline(have[0]["test"]["chance"], ls=":", color="0.3", label="chance")
+    _label_points(ax, xs, acc, [m["name"] for m in have])
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("Emotion classification on the test split, by model size")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def depth_accuracy_figure(models: list[dict[str, Any]]) -> Any:
+    fig, ax = _fig()
+    for m in models:
+        if "test" not in m:
+            continue
+        depth = m["relative_depth"]
+        acc = [m["test"]["accuracy_by_layer"][str(la)] for la in m["layers"]]
+        line = ax.plot(depth, acc, marker=".", label=m["name"])[0]
+        sh = m["test"].get("shuffled_accuracy_by_layer")
+        if sh:
+            ax.plot(depth, [sh[str(la)] for la in m["layers"]], ls="--", lw=0.8,
+                    color=line.get_color(), alpha=0.6)
+    ax.set_xlabel("relative depth ((layer + 1) / n_layers)")
+    ax.set_ylabel("test accuracy (dashed: shuffled control)")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("Test accuracy against relative depth")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def ladder_geometry_figure(models: list[dict[str, Any]]) -> Any:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9.6, 3.8))
+    ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    xs = _x(models)
+    for k in ("PC1", "PC2"):
+        ev = [m["geometry"]["explained_variance"][k] for m in models]
+        _errbar(ax1, xs, [e["value"] for e in ev], [e["ci"] for e in ev], label=k)
+    ax1.set_xscale("log")
+    ax1.set_xlabel("parameters")
+    ax1.set_ylabel("share of variance over emotions")
+    ax1.set_title("PC1 / PC2 explained variance (default layer)")
+    ax1.grid(alpha=0.3)
+    ax1.legend(fontsize=7)
+    have = [m for m in models if "affect" in m["geometry"]]
+    xa = _x(have)
+    for key, label in (("valence", "PC1 ~ valence"), ("arousal", "PC2 ~ arousal")):
+        _errbar(ax2, xa, [m["geometry"]["affect"][f"{key}_r"] for m in have],
+                [m["geometry"]["affect"][f"{key}_ci"] for m in have], label=label)
+    _label_points(ax2, xa, [m["geometry"]["affect"]["valence_r"] for m in have],
+                  [m["name"] for m in have])
+    ax2.axhline(0, color="0.3", lw=0.8)
+    if have:
+        ax2.set_xscale("log")
+    else:
+        ax2.text(0.5, 0.5, "fewer than 5 rated emotions: no correlation", ha="center",
+                 transform=ax2.transAxes, fontsize=8)
+    ax2.set_ylim(-1.05, 1.05)
+    ax2.set_xlabel("parameters")
+    ax2.set_ylabel("Pearson r (95% bootstrap CI)")
+    ax2.set_title("Correlation with the published norms")
+    ax2.grid(alpha=0.3)
+    ax2.legend(fontsize=7)
+    return fig
+
+
+def depth_valence_figure(models: list[dict[str, Any]]) -> Any:
+    fig, ax = _fig()
+    for m in models:
+        by = m["geometry"].get("affect_by_layer")
+        if not by:
+            continue
+        ax.plot(m["relative_depth"], [by[str(la)]["valence_r"] for la in m["layers"]],
+                marker=".", label=m["name"])
+    ax.axhline(0, color="0.3", lw=0.8)
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_xlabel("relative depth ((layer + 1) / n_layers)")
+    ax.set_ylabel("r(PC1, valence)")
+    ax.set_title("PC1 ~ valence against relative depth")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def rsa_figure(names: list[str], mat: Any) -> Any:
+    fig, ax = _fig((4.8 + 0.3 * len(names), 4.0 + 0.3 * len(names)))
+    m = np.asarray(mat, dtype=float)
+    im = ax.imshow(m, vmin=-1, vmax=1, cmap="RdBu_r")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=7)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    ax.set_title("RSA of emotion geometry (Spearman rho)")
+    fig.tight_layout()
+    return fig
+
+
+def comparison_report(result: Any) -> Any:
+    """A ``emolens.views.Report`` of a ``ComparisonResult``."""
+    from emolens.views.report import Report
+
+    models = result.models
+    norms = result.norms
+    rep = Report("emolens: emotion geometry across models",
+                 intro=("Directions are fitted on the train split, the default layer is chosen "
+                        "on the dev split, and accuracy is reported on the test split. "
+                        f"Preset: {result.preset.get('name')}; {len(result.preset['emotions'])} "
+                        f"emotions. Wall time {result.run.get('seconds')} s."),
+                 meta={"preset": result.preset.get("name"),
+                       "norms": f"{norms.get('source')} (version {norms.get('version')}; "
+                                f"licence: {norms.get('licence')})"})
+    rep.add_section("models", "Models", "Parameter counts, shapes and where the weights came "
+                    "from.")
+    rep.add_table([{"model": m["name"], "params": m["n_params"], "layers": m["n_layers"],
+                    "d_model": m["d_model"], "quantisation": m["quantisation"],
+                    "default layer (dev)": m["default_layer"],
+                    "load s": m["seconds"]["load"], "extract s": m["seconds"]["extract"]}
+                   for m in models])
+    rep.add_section("accuracy", "Test-split accuracy and the shuffled control",
+                    "Accuracy of the argmax of centred projections on held-out test stories "
+                    "(chance = 1 / emotions), at the layer chosen on dev; the dashed lines are "
+                    "directions fitted on permuted training labels.",
+                    limits="Few test stories per emotion in the CPU preset: read the intervals.")
+    rep.add_figure(ladder_accuracy_figure(models), "test split, by parameter count")
+    rep.add_figure(depth_accuracy_figure(models), "test split, against relative depth")
+    rows = []
+    for m in models:
+        if "test" in m:
+            t = m["test"]["at_default_layer"]
+            d = m.get("dev", {}).get("accuracy_by_layer", {}).get(str(m["default_layer"]))
+            rows.append({"model": m["name"], "layer": t["layer"], "dev accuracy": d,
+                         "test accuracy": t["accuracy"], "test CI low": t["ci"][0],
+                         "test CI high": t["ci"][1], "shuffled (test)": t["shuffled"],
+                         "test texts": m["test"]["n_texts"]})
+    rep.add_table(rows, "dev (chooses the layer) and test (reports) side by side")
+    rep.add_section("geometry", "PCA of the emotion vectors and the published norms",
+                    f"PC1 / PC2 at each model's default layer; Pearson r with valence and "
+                    f"arousal from {norms.get('source')} (version {norms.get('version')}, "
+                    f"licence: {norms.get('licence')}). PC signs: PC1 positive for the "
+                    "highest-valence rated emotion, PC2 for the highest-arousal one.",
+                    limits="Only rated emotions enter the correlation; intervals resample "
+                           "emotions with the PCA held fixed.")
+    rep.add_figure(ladder_geometry_figure(models), "by parameter count")
+    rep.add_figure(depth_valence_figure(models), "against relative depth")
+    geo_rows = []
+    for m in models:
+        g = m["geometry"]
+        row = {"model": m["name"], "PC1 var": g["explained_variance"]["PC1"]["value"],
+               "PC2 var": g["explained_variance"]["PC2"]["value"]}
+        if "affect" in g:
+            a = g["affect"]
+            row.update({"r valence": a["valence_r"], "CI": f"[{a['valence_ci'][0]:.2f}, "
+                        f"{a['valence_ci'][1]:.2f}]", "r arousal": a["arousal_r"],
+                        "CI ": f"[{a['arousal_ci'][0]:.2f}, {a['arousal_ci'][1]:.2f}]",
+                        "rated emotions": a["n"]})
+        geo_rows.append(row)
+    rep.add_table(geo_rows)
+    if result.rsa:
+        names, mat = result.rsa_matrix()
+        rep.add_section("rsa", "Similarity of emotion geometry between models",
+                        "Spearman correlation of the off-diagonal cosine similarities of the "
+                        "emotion vectors, each model at its default layer; bootstrap over "
+                        "emotions, permutation p (emotion labels of one model shuffled).",
+                        limits="RSA compares the arrangement of emotions, not what the "
+                               "directions do.")
+        rep.add_figure(rsa_figure(names, mat.numpy()), "RSA matrix")
+        rep.add_table([{"a": r["a"], "b": r["b"], "rho": r["rho"], "CI low": r["ci_low"],
+                        "CI high": r["ci_high"], "p": r["p_value"],
+                        "emotions": r["n_emotions"]} for r in result.rsa])
+    return rep
