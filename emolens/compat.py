@@ -6,7 +6,7 @@
   attention modules from ``past_key_values`` to ``cache``; TransformerLens 4.0-4.3 attention
   bridges only read the old names, so cached decoding silently attends to one position. The shim
   passes the cache on under the old name when only the new one is given (a no-op where the old
-  name is already used). See shared TRAPS.md section 1.
+  name is already used).
 """
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ import functools
 import warnings
 from collections.abc import Iterator
 from typing import Any
+
+from emolens.runtime import model_device  # noqa: F401 - re-exported; it lives in emolens.runtime
 
 try:  # TransformerLens >= 4
     from transformer_lens.model_protocol import TransformerLensModel as Model
@@ -76,16 +78,6 @@ def d_model(model: Any) -> int:
     return int(model.cfg.d_model)
 
 
-def model_device(model: Any) -> Any:
-    import torch
-
-    dev = getattr(model.cfg, "device", None)
-    if dev is not None:
-        return torch.device(dev)
-    try:
-        return next(model.parameters()).device
-    except (StopIteration, AttributeError):
-        return torch.device("cpu")
 
 
 def hook_names(model: Any) -> list[str]:

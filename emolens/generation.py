@@ -22,6 +22,7 @@ from jaxtyping import Int
 
 from emolens.compat import silence_known_warnings
 from emolens.errors import InputError, SteeringError
+from emolens.runtime import model_device
 
 
 @dataclass
@@ -161,7 +162,7 @@ def generate(model: Any, prompt_or_messages: Any, *, max_new_tokens: int = 40,
             f"the prompt ({batch.tokens.shape[1]} tokens) plus max_new_tokens={max_new_tokens} "
             f"exceeds the model's context of {n_ctx} tokens; shorten the prompt or ask for at "
             f"most {max(0, int(n_ctx) - batch.tokens.shape[1])} new tokens")
-    device = _device(model)
+    device = model_device(model)
     tokens = batch.tokens.to(device)
     prompt_mask = batch.attention_mask.to(device)
     handle = apply_steering(model, steerings) if steerings else None
@@ -195,13 +196,6 @@ def generate(model: Any, prompt_or_messages: Any, *, max_new_tokens: int = 40,
                       attention_mask=mask.cpu(), prompts=list(batch.texts),
                       steering=[s.describe() for s in steerings], settings=settings,
                       readout=readout)
-
-
-def _device(model: Any) -> torch.device:
-    from emolens.compat import model_device
-
-    dev = model_device(model)
-    return dev if isinstance(dev, torch.device) else torch.device(str(dev))
 
 
 def _finish(model: Any, out: torch.Tensor, prompt_mask: torch.Tensor, prompt_len: int,
@@ -279,4 +273,4 @@ def _build_readout(model: Any, registry: Any, tokens: torch.Tensor, mask: torch.
     return Readout(scores_all=scores, emotions=list(registry.emotions), layers=layers,
                    str_tokens=str_tokens, mask=real, content_mask=content, reply_pos=reply,
                    default_layer=int(registry.default_layer), texts=texts, kind="projection",
-                   single_layer=False, centered=centered)
+                   centered=centered)

@@ -8,7 +8,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-warnings.filterwarnings("ignore", category=UserWarning)
+# (warning filters: pyproject.toml)
 
 
 @pytest.fixture(scope="session")

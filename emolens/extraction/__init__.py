@@ -1,4 +1,4 @@
-"""Stage 2 of the pipeline: activations -> directions (streaming accumulators, methods)."""
+"""Extraction: activations -> directions (streaming accumulators, methods)."""
 from emolens.extraction.accumulator import ClassMeanAccumulator, MomentAccumulator
 from emolens.extraction.extract import extract_emotions, stream_sites
 from emolens.extraction.methods import (

@@ -1,4 +1,4 @@
-"""Stage 7: the main job (``emolens run``): every experiment, one report."""
+"""The main job (``emolens run``): every experiment, one report."""
 from emolens.pipeline.run import RunConfig, run
 
 __all__ = ["RunConfig", "run"]

@@ -269,8 +269,8 @@ def _section_geometry(ctx: RunContext) -> None:
 
 
 def _section_scenarios(ctx: RunContext) -> None:
-    from emolens.readout import read_emotions
-    from emolens.views import diagonal_accuracy, plot_scenario_matrix, render_tokens
+    from emolens.readout import read_emotions, scenario_matrix
+    from emolens.views import plot_scenario_matrix, render_tokens
 
     reg = ctx.registry
     scen = [s for s in ctx.corpus.scenarios if s.emotion in reg.emotions] \
@@ -278,51 +278,37 @@ def _section_scenarios(ctx: RunContext) -> None:
     if not scen:
         ctx.results["scenarios"] = {"skipped": "no scenarios for these emotions"}
         return
-    ro = read_emotions(ctx.model, reg, [list(s.messages) for s in scen],
-                       batch_size=ctx.config.batch_size)
-    at = ro.at_reply()
-    rows = sorted({s.emotion for s in scen})
-    import torch
-
-    mat = torch.stack([at[[i for i, s in enumerate(scen) if s.emotion == e]].mean(0) for e in rows])
-    acc, hits, n = diagonal_accuracy(mat.numpy(), rows, reg.emotions)
-    per_item = sum(int(reg.emotions[int(at[i].argmax())] == s.emotion) for i, s in enumerate(scen))
+    sm = scenario_matrix(ctx.model, reg, scen, batch_size=ctx.config.batch_size)
     # Secondary, added after the first full run showed a few columns (e.g. 'playful') on top of
-    # every row: standardise each readout emotion over the scenarios, which removes a direction's
-    # constant offset at the reply-opening token, and score the same way.
-    z = (at - at.mean(0, keepdim=True)) / at.std(0, keepdim=True).clamp(min=1e-8)
-    zmat = torch.stack([z[[i for i, s in enumerate(scen) if s.emotion == e]].mean(0) for e in rows])
-    zacc, zhits, _ = diagonal_accuracy(zmat.numpy(), rows, reg.emotions)
-    z_item = sum(int(reg.emotions[int(z[i].argmax())] == s.emotion) for i, s in enumerate(scen))
-    ctx.results["scenarios"] = {
-        "layer": reg.default_layer, "rows": rows, "columns": reg.emotions,
-        "matrix": [[round(float(x), 4) for x in r] for r in mat],
-        "diagonal_accuracy": acc, "diagonal_hits": hits, "n_rows": n,
-        "chance": 1 / len(reg.emotions),
-        "per_scenario_accuracy": per_item / len(scen), "n_scenarios": len(scen),
-        "column_standardised": {
-            "note": "post hoc: each readout emotion z-scored over the scenarios before scoring",
-            "diagonal_accuracy": zacc, "diagonal_hits": zhits,
-            "per_scenario_accuracy": z_item / len(scen)}}
+    # every row: each readout emotion standardised over the scenarios (post hoc).
+    zsm = sm.column_standardised()
+    ctx.results["scenarios"] = {**sm.to_dict(), "column_standardised": {
+        "note": "post hoc: each readout emotion z-scored over the scenarios before scoring",
+        **{k: zsm.to_dict()[k] for k in ("diagonal_accuracy", "diagonal_hits",
+                                         "per_scenario_accuracy")}}}
+    n_scen = len(sm.scenario_emotions)
     ctx.report.add_section(
         "scenarios", "Implicit scenarios: the reply-opening token",
-        f"{len(scen)} user messages that imply an emotion without naming it, read at the token "
-        f"that opens the assistant's reply (layer {reg.default_layer}). Rows: the implied "
-        f"emotion (mean over its scenarios); columns: the readout. The row's top column is its own "
-        f"emotion for {hits}/{n} emotions (chance {1 / len(reg.emotions):.3f} per row); single "
-        f"scenarios: {per_item}/{len(scen)}. Post hoc, with each readout emotion standardised "
-        f"over the scenarios (removing a direction's constant offset at this token): "
-        f"{zhits}/{n} rows, {z_item}/{len(scen)} single scenarios.",
+        f"{n_scen} user messages that imply an emotion without naming it, read at the token "
+        f"that opens the assistant's reply (layer {sm.layer}). Rows: the implied emotion (mean "
+        f"over its scenarios); columns: the readout. The row's top column is its own emotion for "
+        f"{sm.diagonal_hits}/{sm.n_rows} emotions (chance {sm.chance:.3f} per row); single "
+        f"scenarios: {round(sm.per_scenario_accuracy * n_scen)}/{n_scen}. Post hoc, with each "
+        f"readout emotion standardised over the scenarios (removing a direction's constant "
+        f"offset at this token): {zsm.diagonal_hits}/{zsm.n_rows} rows, "
+        f"{round(zsm.per_scenario_accuracy * n_scen)}/{n_scen} single scenarios. "
+        "(`emolens.readout.scenario_matrix(model, registry, corpus.scenarios)`, "
+        "`.column_standardised()`.)",
         limits="Few scenarios per emotion; the readout at one token is noisy on a 135M model.")
-    ctx.report.add_figure(plot_scenario_matrix(mat.numpy(), rows, reg.emotions),
+    ctx.report.add_figure(plot_scenario_matrix(sm.matrix.numpy(), sm.rows, sm.columns),
                           "Scenario emotion x readout emotion at the reply-opening token")
-    ctx.report.add_figure(plot_scenario_matrix(zmat.numpy(), rows, reg.emotions,
+    ctx.report.add_figure(plot_scenario_matrix(zsm.matrix.numpy(), zsm.rows, zsm.columns,
                                                title="columns standardised over scenarios"),
                           "The same, each readout emotion standardised over the scenarios "
                           "(post hoc)")
-    idx = list(range(min(3, len(scen))))
     try:
-        view = render_tokens(ro, [e for e in rows[:6]], index=idx[0])
+        ro = read_emotions(ctx.model, reg, [list(scen[0].messages)])
+        view = render_tokens(ro, list(sm.rows[:6]), index=0)
         ctx.report.add_html(view, f"Token view of a scenario ({scen[0].emotion})")
     except Exception as e:  # noqa: BLE001
         ctx.results["scenarios"]["token_view_error"] = str(e)
@@ -368,29 +354,10 @@ def _section_dose(ctx: RunContext) -> None:
     ctx.report_figs.clear()
 
 
-STEER_PROMPTS = [
-    [{"role": "user", "content": "Tell me about your morning."}],
-    [{"role": "user", "content": "Describe the room you are in."}],
-    [{"role": "user", "content": "What should I cook tonight?"}],
-    [{"role": "user", "content": "Write one sentence about the weather."}],
-    [{"role": "user", "content": "How was your weekend?"}],
-    [{"role": "user", "content": "Tell me about the street where you live."}],
-    [{"role": "user", "content": "What did you do at work today?"}],
-    [{"role": "user", "content": "Describe your last train journey."}],
-    [{"role": "user", "content": "What are you planning for tomorrow?"}],
-    [{"role": "user", "content": "Tell me about a meal you had recently."}],
-    [{"role": "user", "content": "What is on your desk right now?"}],
-    [{"role": "user", "content": "Describe a walk in the park."}],
-]
+def _steer_prompts() -> list[Any]:
+    from emolens.steering.prompts import OPEN_PROMPTS, as_chats
 
-
-def _word_margins(deltas: Any) -> list[float]:
-    """Per steered emotion: its own word's change minus the largest change of another word."""
-    out = []
-    for e in deltas.index:
-        row = deltas.loc[e]
-        out.append(float(row[e] - row.drop(e).max()))
-    return out
+    return as_chats(OPEN_PROMPTS)
 
 
 def _section_steering(ctx: RunContext) -> None:
@@ -406,13 +373,7 @@ def _section_steering(ctx: RunContext) -> None:
     t0 = time.perf_counter()
     neutral_prompts = [list(r.messages)[:1] for r in ctx.corpus.neutral[:2 if quick else 8]]
     wt = emotion_word_test(ctx.model, reg, emos, strength=0.1, prompts=neutral_prompts)
-    margins, cmargins = _word_margins(wt.deltas), _word_margins(wt.control_deltas)
-    out["emotion_word_test"] = {
-        **wt.to_dict(),
-        "own_minus_best_other": dict(zip(wt.deltas.index, [round(m, 4) for m in margins])),
-        "mean_own_minus_best_other": mean_estimate(margins, seed=ctx.config.seed).to_dict(),
-        "control_mean_own_minus_best_other": mean_estimate(cmargins,
-                                                          seed=ctx.config.seed).to_dict()}
+    out["emotion_word_test"] = wt.to_dict()
     out["seconds"]["word_test"] = round(time.perf_counter() - t0, 1)
     m_ci = out["emotion_word_test"]["mean_own_minus_best_other"]
     c_ci = out["emotion_word_test"]["control_mean_own_minus_best_other"]
@@ -427,8 +388,11 @@ def _section_steering(ctx: RunContext) -> None:
         f"mean over emotions: {m_ci['value']:+.2f} nats (95% CI {m_ci['low']:+.2f} to "
         f"{m_ci['high']:+.2f}); random control {c_ci['value']:+.2f} ({c_ci['low']:+.2f} to "
         f"{c_ci['high']:+.2f}).",
-        limits="Word log-probabilities of a 135M model; single-token word forms only; the "
-               "interval is over emotions, not prompts.")
+        limits="Word log-probabilities of a 135M model (a word split into several tokens is "
+               "scored by the sum of their log-probabilities, which favours short words); the "
+               "interval is over emotions, not prompts. "
+               "(`emolens.steering.emotion_word_test(model, registry, strength=0.1, "
+               "prompts=...)`, `.margins`, `.margin_estimates()`.)")
     ctx.report.add_figure(plot_heatmap(wt.deltas.values, list(wt.deltas.index),
                                        list(wt.deltas.columns), title="change in log P(word)"),
                           "Rows: steered emotion; columns: emotion word")
@@ -437,7 +401,7 @@ def _section_steering(ctx: RunContext) -> None:
     # the study: 0.025-0.1 for behaviour, up to 0.5 for text demos
     strengths = [-0.2, -0.1, 0.0, 0.1, 0.2] if quick else \
         [-0.4, -0.2, -0.1, 0.0, 0.1, 0.2, 0.4]
-    prompts = STEER_PROMPTS[: 4 if quick else len(STEER_PROMPTS)]
+    prompts = _steer_prompts()[: 4 if quick else None]
     df = sweep(ctx.model, reg, valence_emotion, strengths, prompts,
                judges=("lexicon",), max_new_tokens=16 if quick else 32,
                progress=ctx.config.progress)
@@ -471,7 +435,7 @@ def _section_steering(ctx: RunContext) -> None:
     ctx.report.add_figure(plot_sweep(df, "lexicon"), "Dose-response of the lexicon valence judge")
     t0 = time.perf_counter()
     samples = []
-    prompt = STEER_PROMPTS[0]
+    prompt = _steer_prompts()[0]
     for label, spec in (("unsteered", None), ("toward calm", {"calm": 0.1}),
                         ("toward desperate", {"desperate": 0.1})):
         if spec and not all(e in reg.emotions for e in spec):

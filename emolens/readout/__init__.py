@@ -1,4 +1,4 @@
-"""Stage 4: reading emotion directions per token, per layer, per emotion.
+"""Reading emotion directions per token, per layer, per emotion.
 
 Names load lazily (``emolens.readout.read_emotions`` imports torch only when first used), so the
 ``emolens`` command line starts fast.
@@ -18,6 +18,9 @@ _LAZY = {
     "Readout": "emolens.readout.readout",
     "project": "emolens.scoring",
     "read_emotions": "emolens.readout.readout",
+    "ScenarioMatrix": "emolens.readout.scenarios",
+    "diagonal_accuracy": "emolens.readout.scenarios",
+    "scenario_matrix": "emolens.readout.scenarios",
     "TopExamples": "emolens.readout.scan",
     "pooled_scores": "emolens.readout.scan",
     "top_examples": "emolens.readout.scan",

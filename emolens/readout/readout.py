@@ -42,17 +42,15 @@ class Readout:
     default_layer: int
     texts: list[str] = field(default_factory=list)
     kind: str = "projection"
-    single_layer: bool = True
     centered: bool = True
 
     # ------------------------------------------------------------ tensors
     @property
-    def scores(self) -> torch.Tensor:
-        """``[batch, pos, emotion]`` at the layer read (one layer asked), else
-        ``[batch, pos, layer, emotion]``."""
-        if self.single_layer:
-            return self.at(self.default_layer)
-        return self.scores_all
+    def scores(self) -> Float[torch.Tensor, "batch pos emotion"]:
+        """``[batch, pos, emotion]`` at ``default_layer`` (the layer asked, or the registry's
+        default when several were read); every layer read: ``scores_all`` ``[batch, pos,
+        layer, emotion]`` or ``at(layer)``."""
+        return self.at(self.default_layer)
 
     def _li(self, layer: int | None) -> int:
         layer = self.default_layer if layer is None else layer
@@ -134,9 +132,11 @@ def read_emotions(model: Any, registry: EmotionRegistry, texts: Any, *,
                   strict: bool = True, distributed: bool | str | None = "auto") -> Readout:
     """Read every emotion of ``registry`` on ``texts`` (strings and/or chat conversations).
 
-    ``layer``: one layer (default the registry's ``default_layer``) -> ``scores`` is
-    ``[batch, pos, emotion]``; ``layers``: several (or ``"all"``) -> ``[batch, pos, layer,
-    emotion]``. One forward pass per batch reads every layer; it stops after the deepest.
+    ``layer``: one layer (default the registry's ``default_layer``); ``layers``: several (or
+    ``"all"``), all in ``scores_all`` ``[batch, pos, layer, emotion]``. ``scores`` is always
+    ``[batch, pos, emotion]`` at the readout's ``default_layer`` (``layer``, or the registry's
+    default when it was read, else the deepest read). One forward pass per batch reads every
+    layer; it stops after the deepest.
     Raises ``InputError`` for an empty list, empty text or text longer than the context, and
     ``ModelMismatchError`` for a registry built on another model (``strict=False`` relaxes the
     id check; shapes must still match).
@@ -165,9 +165,9 @@ def read_emotions(model: Any, registry: EmotionRegistry, texts: Any, *,
     sites = sorted({registry.site(x) for x in wanted}, key=lambda s: s.layer)
     use = [s.layer for s in sites]
     check_kind(kind)
-    from emolens.tokens import _normalise_inputs
+    from emolens.tokens import normalise_inputs
 
-    items = _normalise_inputs(texts)
+    items = normalise_inputs(texts)
     batch = to_inputs(model, items, padding_side=padding_side)  # validates and sets the layout
     n, width = batch.tokens.shape
     scores = torch.zeros(n, width, len(sites), len(registry.emotions))
@@ -187,7 +187,7 @@ def read_emotions(model: Any, registry: EmotionRegistry, texts: Any, *,
                                    else use[-1])
     return Readout(scores, registry.emotions, use, batch.str_tokens(model),
                    batch.attention_mask.bool(), batch.content_mask, batch.reply_pos, shown,
-                   batch.texts, kind, single, centered)
+                   batch.texts, kind, centered)
 
 
 def _read_rows(model: Any, items: list[Any], mine: list[int], sites: list[Any],

@@ -17,11 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from emolens.errors import SteeringError
-
-DEFAULT_PROMPTS = ["Tell me about your morning.", "Write two sentences about a walk outside.",
-                   "What are you thinking about right now?"]
-NEUTRAL_PROMPTS = ["The meeting is on Tuesday at ten.", "Water boils at one hundred degrees.",
-                   "The train leaves from platform four.", "She put the book back on the shelf."]
+from emolens.steering.prompts import NEUTRAL_STATEMENTS, OPEN_PROMPTS, as_chats
 
 
 def parse_spec(pairs: list[str]) -> dict[str, float]:
@@ -138,7 +134,7 @@ def main(args: argparse.Namespace) -> int:
     if action == "sweep":
         from emolens.steering.sweep import plot_sweep, sweep
 
-        prompts = [[{"role": "user", "content": p}] for p in (args.prompts or DEFAULT_PROMPTS)]
+        prompts = as_chats(args.prompts or list(OPEN_PROMPTS[:3]))
         df = sweep(model, reg, args.emotion, args.strengths, prompts, layer=args.layer,
                    max_new_tokens=args.max_new_tokens)
         out = Path(args.out)
@@ -154,7 +150,7 @@ def main(args: argparse.Namespace) -> int:
         from emolens.steering.sweep import emotion_word_test
 
         res = emotion_word_test(model, reg, args.emotions, strength=args.strength,
-                                prompts=args.prompts or NEUTRAL_PROMPTS, layer=args.layer,
+                                prompts=args.prompts or list(NEUTRAL_STATEMENTS), layer=args.layer,
                                 progress=True)
         print(repr(res))
         print(res.deltas.round(3).to_string())

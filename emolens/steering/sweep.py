@@ -4,8 +4,9 @@
   not read the steered direction (``emolens.steering.judges``), plus the perplexity of the
   steered text under the unsteered model; returns a tidy DataFrame. Every strength x prompt is
   one row of a single ``generate`` batch (``Steering(..., rows=...)`` per strength), so a sweep
-  costs about one generation, not one per strength. ``plot_sweep`` draws the dose-response with
-  bootstrap intervals over prompts.
+  costs about one generation, not one per strength. ``sweep_curves`` gives the dose-response
+  (means with bootstrap intervals over prompts); ``plot_sweep`` draws it with
+  ``emolens.views.plot_interval_lines``.
 - ``emotion_word_test``: the study's check that steering toward an emotion raises the
   probability of its own word after "They feel" more than any other emotion word, with a
   norm-matched random direction per emotion as the control (every emotion, every control and
@@ -29,6 +30,7 @@ import pandas as pd
 import torch
 
 from emolens.errors import InputError, SteeringError
+from emolens.runtime import batches, model_device, progress_bar
 from emolens.steering.interventions import Steering, apply_steering, random_direction
 from emolens.steering.judges import (
     JudgeInput,
@@ -74,9 +76,7 @@ def sequence_perplexity(model: Any, tokens: torch.Tensor, attention_mask: torch.
                         prompt_len: int) -> list[float]:
     """Per row, ``exp`` of the mean negative log-likelihood of the generated tokens (columns
     ``prompt_len..``, real tokens only) under whatever hooks are active (none: unsteered)."""
-    from emolens.generation import _device
-
-    device = _device(model)
+    device = model_device(model)
     toks = tokens.to(device)
     am = attention_mask.to(device)
     kwargs = {} if bool(am.all()) else {"attention_mask": am}
@@ -119,8 +119,6 @@ def sweep(model: Any, registry: Any, emotion: str, strengths: Sequence[float | i
     (default: the registry's emotions). ``seed`` seeds sampling when ``do_sample`` (greedy
     otherwise).
     """
-    from tqdm.auto import tqdm
-
     values = _check_strengths(strengths)
     items = _prompts_list(prompts)
     _check_batch_size(batch_size)
@@ -135,7 +133,7 @@ def sweep(model: Any, registry: Any, emotion: str, strengths: Sequence[float | i
                              use_past_kv_cache=use_past_kv_cache, batch_size=batch_size,
                              progress=progress)
     rows: list[dict[str, Any]] = []
-    for s, g in tqdm(list(zip(values, gens)), desc="judging", disable=not progress):
+    for s, g in progress_bar(list(zip(values, gens)), desc="judging", enabled=progress):
         inp = JudgeInput(model=model, prompts=items, replies=g.texts, tokens=g.tokens,
                          attention_mask=g.attention_mask, prompt_len=g.prompt_len,
                          emotion=emotion, words=cand)
@@ -193,8 +191,6 @@ def sweep_generations(model: Any, registry: Any, emotion: str, strengths: Sequen
     that stopped early filled with the end-of-sequence id), but computed in batches of
     ``batch_size`` rows (strength-major) with each strength steering only its own rows.
     Strength 0 rows run unsteered."""
-    from tqdm.auto import tqdm
-
     from emolens.generation import Generation, generate
     from emolens.tokens import to_inputs
 
@@ -212,7 +208,7 @@ def sweep_generations(model: Any, registry: Any, emotion: str, strengths: Sequen
     real = [0] * len(plan)
     settings: dict[str, Any] = {}
     starts = range(0, len(plan), batch_size)
-    for start in tqdm(starts, desc=f"sweep {emotion}", disable=not progress):
+    for start in progress_bar(starts, desc=f"sweep {emotion}", enabled=progress):
         part = plan[start:start + batch_size]
         pick = torch.tensor([i for _, i in part])
         sub = TokenizedBatch(full.tokens[pick], full.attention_mask[pick],
@@ -247,25 +243,19 @@ def sweep_generations(model: Any, registry: Any, emotion: str, strengths: Sequen
     return out
 
 
-def plot_sweep(df: pd.DataFrame, judge: str = "emotion_words", *, ax: Any = None,
-               confidence: float = 0.95, n_resamples: int = 1000, seed: int = 0) -> Any:
-    """Dose-response figure: mean ``judge`` score per strength with a percentile bootstrap
-    interval over prompts (``transformer_lens.utilities.statistics.bootstrap_ci``); one line per
-    emotion in ``df``. Returns the matplotlib ``Figure``."""
-    from matplotlib.figure import Figure
+def sweep_curves(df: pd.DataFrame, judge: str = "emotion_words", *, confidence: float = 0.95,
+                 n_resamples: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Mean ``judge`` score per emotion and strength with a percentile bootstrap interval over
+    prompts (``transformer_lens.utilities.statistics.bootstrap_ci``, one seeded generator);
+    non-finite scores are left out. Returns ``emotion, strength, mean, low, high``."""
     from transformer_lens.utilities.statistics import bootstrap_ci
 
     if judge not in df.columns:
         cols = [c for c in df.columns if c not in ("prompt", "text", "emotion")]
         raise InputError(f"no column {judge!r} in the sweep; available: {cols}")
-    if ax is None:
-        fig = Figure(figsize=(5.5, 3.6), layout="constrained")
-        ax = fig.add_subplot()
-    else:
-        fig = ax.figure
     gen = torch.Generator().manual_seed(int(seed))
+    rows = []
     for emo, sub in df.groupby("emotion", sort=False):
-        xs, mean, lo, hi = [], [], [], []
         for s, part in sub.groupby("strength"):
             vals = torch.tensor(part[judge].to_numpy(dtype=float), dtype=torch.float64)
             vals = vals[torch.isfinite(vals)]
@@ -273,20 +263,24 @@ def plot_sweep(df: pd.DataFrame, judge: str = "emotion_words", *, ax: Any = None
                 continue
             low, high = bootstrap_ci(vals, confidence=confidence, n_resamples=n_resamples,
                                      generator=gen)
-            xs.append(float(s))
-            mean.append(float(vals.mean()))
-            lo.append(float(low))
-            hi.append(float(high))
-        line = ax.plot(xs, mean, marker="o", label=str(emo))[0]
-        ax.fill_between(xs, lo, hi, alpha=0.2, color=line.get_color())
+            rows.append({"emotion": str(emo), "strength": float(s), "mean": float(vals.mean()),
+                         "low": float(low), "high": float(high)})
+    return pd.DataFrame(rows, columns=["emotion", "strength", "mean", "low", "high"])
+
+
+def plot_sweep(df: pd.DataFrame, judge: str = "emotion_words", *, ax: Any = None,
+               confidence: float = 0.95, n_resamples: int = 1000, seed: int = 0) -> Any:
+    """Dose-response figure of a sweep: ``emolens.views.plot_interval_lines`` of
+    ``sweep_curves(df, judge, ...)``, one line per emotion. Returns the matplotlib ``Figure``."""
+    from emolens.views.causality import plot_interval_lines
+
+    c = sweep_curves(df, judge, confidence=confidence, n_resamples=n_resamples, seed=seed)
     layer = df.attrs.get("layer", df["layer"].iloc[0] if "layer" in df and len(df) else "?")
-    ax.axvline(0.0, color="0.6", lw=0.8, ls=":")
-    ax.set_xlabel(f"steering strength (x mean residual norm, layer {layer})")
-    ax.set_ylabel(judge)
-    ax.set_title(f"dose-response: {judge} ({int(confidence * 100)}% bootstrap CI over prompts)",
-                 fontsize=9)
-    ax.legend(fontsize=8)
-    return fig
+    return plot_interval_lines(
+        c.strength, c["mean"], c.low, c.high, c.emotion, dashed=(), vline=0.0,
+        xlabel=f"steering strength (x mean residual norm, layer {layer})", ylabel=judge,
+        title=f"dose-response: {judge} ({int(confidence * 100)}% bootstrap CI over prompts)",
+        ax=ax)
 
 
 # ---------------------------------------------------------------------------- word test
@@ -321,12 +315,39 @@ class EmotionWordTest:
     def hit_emotions(self) -> list[str]:
         return [e for e in self.deltas.index if self.deltas.loc[e].idxmax() == e]
 
+    @staticmethod
+    def _margins(df: pd.DataFrame) -> dict[str, float]:
+        return {e: float(df.loc[e, e] - df.loc[e].drop(e).max()) for e in df.index}
+
+    @property
+    def margins(self) -> dict[str, float]:
+        """Per steered emotion: its own word's change minus the largest change of another
+        emotion's word (nats; > 0 for a hit)."""
+        return self._margins(self.deltas)
+
+    @property
+    def control_margins(self) -> dict[str, float]:
+        """The same for the random direction of equal norm steered in its place."""
+        return self._margins(self.control_deltas)
+
+    def margin_estimates(self, *, seed: int = 0) -> dict[str, Any]:
+        """Mean margin over emotions with a bootstrap interval, for the directions and for the
+        random control (the interval is over emotions, not prompts)."""
+        from emolens.stats import mean_estimate
+
+        return {"directions": mean_estimate(list(self.margins.values()), seed=seed),
+                "control": mean_estimate(list(self.control_margins.values()), seed=seed)}
+
     def to_dict(self) -> dict[str, Any]:
+        est = self.margin_estimates() if self.n_emotions >= 2 else {}
         return {"hits": self.hits, "control_hits": self.control_hits,
                 "n_emotions": self.n_emotions, "chance_hits": self.chance,
                 "strength": self.strength, "layer": self.layer, "n_prompts": self.n_prompts,
                 "hit_emotions": self.hit_emotions,
                 "deltas": {e: self.deltas.loc[e].round(4).to_dict() for e in self.deltas.index},
+                "own_minus_best_other": {e: round(m, 4) for e, m in self.margins.items()},
+                **{f"{'control_' if k == 'control' else ''}mean_own_minus_best_other": v.to_dict()
+                   for k, v in est.items()},
                 **self.settings}
 
     def __repr__(self) -> str:
@@ -403,13 +424,12 @@ def _neutral_texts(texts: Any, n: int = 16) -> Any:
     return [r.messages for r in recs]
 
 
-def _batches(model: Any, texts: Any, batch_size: int) -> Any:
-    from emolens.generation import _device
+def _token_batches(model: Any, texts: Any, batch_size: int) -> Any:
     from emolens.tokens import to_inputs
 
     items = _prompts_list(texts)
-    for i in range(0, len(items), batch_size):
-        yield to_inputs(model, items[i:i + batch_size]).to(_device(model))
+    for sl in batches(len(items), batch_size):
+        yield to_inputs(model, items[sl]).to(model_device(model))
 
 
 def _logprobs(model: Any, batch: Any, steering: list[Steering]) -> torch.Tensor:
@@ -437,7 +457,7 @@ def neutral_loss(model: Any, steering: Any = None, texts: Any = None, *,
 
     steerings = _as_steerings(steering)
     total, count = 0.0, 0
-    for b in _batches(model, _neutral_texts(texts), batch_size):
+    for b in _token_batches(model, _neutral_texts(texts), batch_size):
         logp = _logprobs(model, b, steerings)
         mask = b.content_mask[:, 1:]
         nll = -logp.gather(-1, b.tokens[:, 1:, None])[..., 0]
@@ -454,7 +474,7 @@ def neutral_kl(model: Any, steering: Any, texts: Any = None, *, batch_size: int 
 
     steerings = _as_steerings(steering)
     total, count = 0.0, 0
-    for b in _batches(model, _neutral_texts(texts), batch_size):
+    for b in _token_batches(model, _neutral_texts(texts), batch_size):
         p = _logprobs(model, b, [])
         q = _logprobs(model, b, steerings)
         mask = b.content_mask[:, :-1] | b.content_mask[:, 1:]

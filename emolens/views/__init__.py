@@ -1,7 +1,15 @@
-"""Stage 6: views. Token views (circuitsvis), static figures (matplotlib) and one
-self-contained HTML report that opens with no network."""
+"""Views: token views (circuitsvis), static figures (matplotlib, from plain arrays, never
+through pyplot; ``figures`` for extraction/readout/geometry, ``causality`` for the causal tests
+and behaviour experiments) and one self-contained HTML report that opens with no network."""
+from emolens.views.causality import (
+    plot_component_writes,
+    plot_dose_panels,
+    plot_interval_lines,
+    plot_pair_effects,
+    plot_patching_map,
+    plot_preferences,
+)
 from emolens.views.figures import (
-    diagonal_accuracy,
     figure_to_data_uri,
     figure_to_svg,
     plot_cosine_matrix,
@@ -19,17 +27,22 @@ from emolens.views.tokens import TokenView, render_layers, render_tokens, view_f
 __all__ = [
     "Report",
     "TokenView",
-    "diagonal_accuracy",
     "figure_to_data_uri",
     "figure_to_svg",
     "markdown_lite",
+    "plot_component_writes",
     "plot_cosine_matrix",
+    "plot_dose_panels",
     "plot_dose_response",
     "plot_effects",
     "plot_emotion_pca",
     "plot_heatmap",
+    "plot_interval_lines",
     "plot_layer_accuracy",
     "plot_layer_similarity",
+    "plot_pair_effects",
+    "plot_patching_map",
+    "plot_preferences",
     "plot_scenario_matrix",
     "render_layers",
     "render_tokens",

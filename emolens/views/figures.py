@@ -275,24 +275,6 @@ def plot_layer_similarity(matrix: ArrayLike, layers: Sequence[int], *,
                         title=title or "Stability of emotion geometry across layers")
 
 
-def diagonal_accuracy(matrix: ArrayLike, scenario_emotions: Sequence[str],
-                      readout_emotions: Sequence[str]) -> tuple[float, int, int]:
-    """Share of rows whose highest column is the row's own emotion: ``(accuracy, hits, n)``.
-
-    Rows whose emotion is not among the columns are not counted.
-    """
-    m = _arr(matrix, "matrix", 2)
-    rows, cols = list(scenario_emotions), list(readout_emotions)
-    _same_len(m, len(rows), "matrix rows", "scenario emotions")
-    _same_len(m.T, len(cols), "matrix columns", "readout emotions")
-    counted = [(a, cols.index(e)) for a, e in enumerate(rows) if e in cols]
-    if not counted:
-        raise InputError("no scenario emotion is among the readout emotions; diagonal accuracy "
-                         "needs shared names")
-    hits = sum(int(np.nanargmax(m[a]) == b) for a, b in counted)
-    return hits / len(counted), hits, len(counted)
-
-
 def plot_scenario_matrix(matrix: ArrayLike, scenario_emotions: Sequence[str],
                          readout_emotions: Sequence[str], *, zscore_columns: bool = False,
                          title: str | None = None, ax: Axes | None = None) -> Figure:
@@ -307,6 +289,8 @@ def plot_scenario_matrix(matrix: ArrayLike, scenario_emotions: Sequence[str],
     if zscore_columns:
         sd = m.std(axis=0, keepdims=True)
         m = (m - m.mean(axis=0, keepdims=True)) / np.where(sd > 0, sd, 1.0)
+    from emolens.readout.scenarios import diagonal_accuracy
+
     acc, hits, n = diagonal_accuracy(m, scenario_emotions, readout_emotions)
     head = title or "Implicit scenarios, read at the reply-opening token"
     full = (f"{head}\ndiagonal accuracy {acc:.2f} ({hits}/{n}; chance "
@@ -418,7 +402,7 @@ def plot_effects(labels: Sequence[str], effect: ArrayLike, ci_low: ArrayLike, ci
 
 
 __all__ = [
-    "diagonal_accuracy", "figure_to_data_uri", "figure_to_svg", "plot_cosine_matrix",
+    "figure_to_data_uri", "figure_to_svg", "plot_cosine_matrix",
     "plot_dose_response", "plot_effects", "plot_emotion_pca", "plot_heatmap",
     "plot_layer_accuracy", "plot_layer_similarity", "plot_scenario_matrix",
 ]

@@ -38,7 +38,8 @@ def _reference(model, reg, text, layer, centered=True):
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_scores_equal_direct_projection_for_every_text(tiny, reg, side):
     ro = read_emotions(tiny, reg, TEXTS, layers=[1, 3], batch_size=2, padding_side=side)
-    assert ro.scores.shape[2:] == (2, 3) and ro.layers == [1, 3]
+    assert ro.scores_all.shape[2:] == (2, 3) and ro.layers == [1, 3]
+    assert torch.equal(ro.scores, ro.at(ro.default_layer))  # one shape: [batch, pos, emotion]
     for i, text in enumerate(TEXTS):
         real = ro.mask[i]
         for j, layer in enumerate((1, 3)):

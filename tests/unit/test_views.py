@@ -15,20 +15,26 @@ from matplotlib.figure import Figure
 
 from emolens.errors import InputError
 from emolens.readout.readout import Readout
+from emolens.readout.scenarios import diagonal_accuracy
 from emolens.views import (
     Report,
     TokenView,
-    diagonal_accuracy,
     figure_to_data_uri,
     figure_to_svg,
     markdown_lite,
+    plot_component_writes,
     plot_cosine_matrix,
+    plot_dose_panels,
     plot_dose_response,
     plot_effects,
     plot_emotion_pca,
     plot_heatmap,
+    plot_interval_lines,
     plot_layer_accuracy,
     plot_layer_similarity,
+    plot_pair_effects,
+    plot_patching_map,
+    plot_preferences,
     plot_scenario_matrix,
     render_layers,
     render_tokens,
@@ -221,6 +227,74 @@ def test_figure_inputs_checked() -> None:
         plot_layer_accuracy([0, 1], [0.1, 0.2, 0.3])
     with pytest.raises(InputError, match="expected direction"):
         plot_dose_response([1, 2], {"calm": [1, 2]}, expected={"calm": "sideways"})
+
+
+# ------------------------------------------------------------------------------- causality
+def _image_rows(fig: Figure) -> np.ndarray:
+    return np.asarray(fig.axes[0].get_images()[0].get_array())
+
+
+def test_causality_figures_draw_the_given_arrays() -> None:
+    import matplotlib.pyplot as plt
+
+    before = plt.get_fignums()
+    # patching map: layer 0 at the bottom, 3-D maps reduced by |max| over heads
+    vals = np.array([[0.0, 1.0, 0.5], [0.2, -1.0, 0.0]])
+    fig = plot_patching_map(vals, [3, 7], tokens=["a", "b", "c"], colorbar_label="x")
+    assert np.allclose(_image_rows(fig), vals[::-1])
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["7", "3"]
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["a", "b", "c"]
+    by_head = np.stack([vals, -2 * vals], -1)
+    assert np.allclose(_image_rows(plot_patching_map(by_head, [3, 7])), 2 * np.abs(vals)[::-1])
+    # pair effects: one column per group, estimates as error bars
+    fig = plot_pair_effects({"directions": [1.0, 2.0], "placebo": [0.1, -0.1, 0.0]},
+                            {"directions": (1.5, 1.0, 2.0)})
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["directions", "placebo"]
+    points = [c for c in ax.collections if type(c).__name__ == "PathCollection"]
+    assert [len(c.get_offsets()) for c in points] == [2, 3]
+    # component writes: NaN cells kept, layer 0 at the bottom
+    grid = np.array([[1.0, np.nan, -1.0], [0.5, 0.2, 0.0]])
+    img = _image_rows(plot_component_writes(grid, [0, 1], ["H0", "b_O", "MLP"]))
+    assert np.allclose(img[1, [0, 2]], [1.0, -1.0]) and np.isnan(img[1, 1])
+    # interval lines: one line per group, sorted by x; controls dashed
+    fig = plot_interval_lines([0.1, 0.0, 0.0, 0.1], [0.6, 0.5, 0.5, 0.4],
+                              [0.5, 0.4, 0.4, 0.3], [0.7, 0.6, 0.6, 0.5],
+                              ["calm", "calm", "random", "random"], reference=0.5)
+    lines = [ln for ln in fig.axes[0].get_lines() if ln.get_label() in ("calm", "random")]
+    assert [ln.get_label() for ln in lines] == ["calm", "random"]
+    assert list(lines[0].get_xdata()) == [0.0, 0.1] and list(lines[0].get_ydata()) == [0.5, 0.6]
+    assert lines[1].get_linestyle() == "--"
+    # preferences: three panels; only steered emotions (finite shift) in the third
+    fig = plot_preferences(["a", "b", "a"], [10.0, -5.0, -5.0], ["calm", "sad", "joy"],
+                           [0.3, -0.2, 0.1], elo_shift=[4.0, float("nan"), -2.0],
+                           random_shift=0.5, across_r=0.9)
+    assert len(fig.axes) == 3 and "(r = 0.90)" in fig.axes[2].get_title()
+    assert len(fig.axes[2].collections[0].get_offsets()) == 2
+    assert [p.get_width() for p in fig.axes[1].patches] == [-0.2, 0.1, 0.3]
+    # dose panels: a panel per template, a line per expected emotion that has scores
+    fig = plot_dose_panels(["t1"] * 6 + ["t2"] * 3, [1, 2, 4, 1, 2, 4, 1, 2, 4],
+                           ["calm"] * 3 + ["sad"] * 3 + ["calm"] * 3,
+                           [1, 2, 3, 3, 2, 1, 0, 0, 1],
+                           [("t1", "calm", "up"), ("t1", "sad", "down"), ("t1", "joy", "up"),
+                            ("t2", "calm", "down")])
+    assert [len(a.get_lines()) for a in fig.axes] == [2, 1]
+    z = fig.axes[0].get_lines()[0].get_ydata()
+    assert np.allclose(z, [-1.2247, 0.0, 1.2247], atol=1e-3)     # z-scored
+    assert "✗" in fig.axes[1].get_legend().get_texts()[0].get_text()  # rises, expected down
+    assert plt.get_fignums() == before                  # nothing went through pyplot
+
+
+def test_causality_figure_inputs_checked() -> None:
+    with pytest.raises(InputError, match="values rows"):
+        plot_patching_map(np.zeros((2, 3)), [0, 1, 2])
+    with pytest.raises(InputError, match="2 values but there are 3 x values"):
+        plot_interval_lines([0, 1, 2], [0, 1], [0, 1, 2], [0, 1, 2], ["a"] * 3)
+    with pytest.raises(InputError, match="same values"):
+        plot_dose_panels(["t"] * 4, [1, 2, 1, 3], ["a", "a", "b", "b"], [1, 2, 3, 4],
+                         {"t": {"a": "up", "b": "up"}})
+    with pytest.raises(InputError, match="triples"):
+        plot_dose_panels(["t"], [1], ["a"], [1], [("t", "a")])
 
 
 # ------------------------------------------------------------------------------- report
