@@ -1,0 +1,70 @@
+"""Run-time utilities that every stage shares: where the model lives, how work is cut into
+batches, and progress bars.
+
+- ``model_device(model)``: the ``torch.device`` inputs must go to (``model.cfg.device`` as
+  TransformerLens keeps it, else the first parameter's device, else the CPU).
+- ``batches(n, size)``: consecutive ``slice`` objects over ``n`` rows, at most ``size`` each.
+- ``sorted_batches(texts, size)``: index lists over ``texts``, longest text first (less
+  padding per batch when the work is a sum, so order does not matter).
+- ``rows_per_chunk(seq_len, max_tokens)``: rows of ``seq_len`` tokens that fit a token budget.
+- ``progress_bar(iterable, total=, desc=, enabled=)``: a tqdm bar, silent when ``enabled`` is
+  False (every long-running call exposes it as ``progress=``).
+
+This module imports nothing from the pipeline stages, so any of them can use it.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # torch is imported lazily: the CLI parser imports this module cheaply
+    import torch
+
+
+def model_device(model: Any) -> torch.device:
+    """The device of ``model``'s inputs: ``model.cfg.device`` (TransformerLens keeps it in
+    step with ``model.to``), else the first parameter's device, else the CPU."""
+    import torch
+
+    dev = getattr(getattr(model, "cfg", None), "device", None)
+    if dev is not None:
+        return dev if isinstance(dev, torch.device) else torch.device(str(dev))
+    try:
+        return next(iter(model.parameters())).device
+    except (StopIteration, AttributeError, TypeError):
+        return torch.device("cpu")
+
+
+def batches(n: int, size: int) -> Iterator[slice]:
+    """Consecutive slices ``[0, size), [size, 2 size), ...`` covering ``n`` rows (``size`` is
+    at least 1)."""
+    size = max(1, int(size))
+    for start in range(0, int(n), size):
+        yield slice(start, min(int(n), start + size))
+
+
+def sorted_batches(texts: Sequence[Any], size: int) -> Iterator[list[int]]:
+    """Indices of ``texts`` in batches of at most ``size``, longest (``len(str(text))``) first;
+    ties keep input order."""
+    order = sorted(range(len(texts)), key=lambda i: -len(str(texts[i])))
+    for sl in batches(len(order), size):
+        yield order[sl]
+
+
+def rows_per_chunk(seq_len: int, max_tokens: int, batch_rows: int = 1) -> int:
+    """How many groups of ``batch_rows`` rows of ``seq_len`` tokens fit in ``max_tokens``
+    (at least 1)."""
+    return max(1, math.floor(max_tokens / max(1, seq_len * batch_rows)))
+
+
+def progress_bar(iterable: Iterable[Any] | None = None, *, total: int | None = None,
+                 desc: str | None = None, enabled: bool = True, unit: str = "it") -> Any:
+    """A tqdm progress bar (``tqdm.auto``; closes itself when the iterable ends), disabled when
+    ``enabled`` is False; it does not stay on screen after it finishes."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, disable=not enabled, unit=unit, leave=False)
+
+
+__all__ = ["batches", "model_device", "progress_bar", "rows_per_chunk", "sorted_batches"]
