@@ -22,6 +22,7 @@ from emolens.extraction.accumulator import ClassMeanAccumulator, MomentAccumulat
 from emolens.extraction.methods import ExtractionData, ExtractionMethod, get_method
 from emolens.extraction.positions import position_mask, validate_policy
 from emolens.registry import EmotionRegistry
+from emolens.runtime import model_device, progress_bar, sorted_batches
 from emolens.scoring import CLASSIFY_RULE, score
 from emolens.sites import Site, require_block_sites, resolve_sites
 from emolens.tokens import TextInput, TokenizedBatch, to_inputs
@@ -39,9 +40,7 @@ def _batches(items: LabelledTexts, batch_size: int
              ) -> Iterator[tuple[list[TextInput], torch.Tensor, torch.Tensor]]:
     """Length-sorted batches (less padding); accumulation is a sum, so order does not matter.
     Yields texts, labels and the texts' indices."""
-    order = sorted(range(len(items.texts)), key=lambda i: -len(str(items.texts[i])))
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+    for idx in sorted_batches(items.texts, batch_size):
         yield ([items.texts[i] for i in idx], torch.tensor([items.labels[i] for i in idx]),
                torch.tensor(idx))
 
@@ -58,9 +57,9 @@ def stream_sites(model: Any, texts: Sequence[TextInput], sites: Sequence[Site],
     activation is NaN or infinite.
     """
     batch = to_inputs(model, list(texts), padding_side=padding_side)
-    device = next(iter(model.parameters())).device if hasattr(model, "parameters") else None
-    tokens = batch.tokens if device is None else batch.tokens.to(device)
-    kwargs = {k: (v.to(device) if device is not None else v) for k, v in batch.forward_kwargs().items()}
+    device = model_device(model)
+    tokens = batch.tokens.to(device)
+    kwargs = {k: v.to(device) for k, v in batch.forward_kwargs().items()}
 
     def make_hook(i: int, site: Site) -> Callable[..., None]:
         def hook(act: torch.Tensor, *, hook: Any) -> None:
@@ -73,17 +72,11 @@ def stream_sites(model: Any, texts: Sequence[TextInput], sites: Sequence[Site],
 
     hooks = [(s.name, make_hook(i, s)) for i, s in enumerate(sites)]
     stop = max(s.layer for s in sites) + 1
-    dev_type = device.type if device is not None else "cpu"
+    dev_type = device.type
     with torch.inference_mode(), torch.autocast(dev_type, dtype=compute_dtype or torch.float32,
                                                 enabled=compute_dtype is not None):
         model.run_with_hooks(tokens, fwd_hooks=hooks, return_type=None, stop_at_layer=stop,
                              **kwargs)
-
-
-def _progress(total: int, desc: str, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, disable=not enabled, unit="text", leave=False)
 
 
 def _from_corpus(corpus: Any, emotions: Sequence[str] | None, max_train: int | None = None
@@ -244,7 +237,8 @@ def extract_emotions(model: Any, corpus: Any = None, *, layers: Any = None,
     feat_rows: list[torch.Tensor] = []
 
     # ---- pass 1: training texts and neutral dialogues (this rank's shard of each)
-    bar = _progress(len(local_train.texts) + len(local_neutral), "extract", progress)
+    bar = progress_bar(total=len(local_train.texts) + len(local_neutral), desc="extract",
+                       enabled=progress, unit="text")
     with ctx.guard("extraction pass 1"):
         _pass1(model, local_train, train_ids, local_neutral, sites, acc, control_accs,
                shuffled_labels, moments, policy, batch_size, padding_side, compute_dtype,
@@ -412,7 +406,7 @@ def _validate(model: Any, unit: torch.Tensor, center: torch.Tensor, sites: list[
     n_cls = len(names)
     confusion = torch.zeros(len(sites), n_cls, n_cls, dtype=torch.long)
     control_correct = torch.zeros(len(controls), len(sites), dtype=torch.long)
-    bar = _progress(len(val.texts), "validate", progress)
+    bar = progress_bar(total=len(val.texts), desc="validate", enabled=progress, unit="text")
     with ctx.guard("validation"):
         _validation_pass(model, unit, center, sites, val, policy, batch_size, padding_side,
                          controls, compute_dtype, confusion, control_correct, bar)

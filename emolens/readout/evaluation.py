@@ -401,9 +401,10 @@ def evaluate(model: Any, registry: EmotionRegistry, texts: Any, labels: Sequence
     positions: extraction's validation rule. Returns an ``Evaluation``.
     """
     from emolens.extraction.accumulator import masked_means
-    from emolens.extraction.extract import LabelledTexts, _batches, _progress, stream_sites
+    from emolens.extraction.extract import stream_sites
     from emolens.extraction.positions import position_mask, validate_policy
-    from emolens.tokens import _normalise_inputs, to_inputs
+    from emolens.runtime import progress_bar, sorted_batches
+    from emolens.tokens import normalise_inputs, to_inputs
 
     if not isinstance(registry, EmotionRegistry):
         raise InputError(f"registry must be an EmotionRegistry (emolens.EmotionRegistry.load("
@@ -413,7 +414,7 @@ def evaluate(model: Any, registry: EmotionRegistry, texts: Any, labels: Sequence
     policy = validate_policy(positions)
     registry.check_model(model, strict=strict)
     use = _resolve_layers(registry, layers)
-    items = _normalise_inputs(texts)
+    items = normalise_inputs(texts)
     label_list = [labels] if isinstance(labels, str) else list(labels)
     if len(label_list) != len(items):
         raise InputError(f"got {len(items)} texts but {len(label_list)} labels; pass one label "
@@ -433,8 +434,9 @@ def evaluate(model: Any, registry: EmotionRegistry, texts: Any, labels: Sequence
     centers = [registry.center(x) for x in use]
     scores = torch.zeros(len(use), len(chosen), len(registry.emotions))
     has_pos = torch.zeros(len(chosen), dtype=torch.bool)
-    bar = _progress(len(chosen), "evaluate", progress)
-    for batch_texts, _, idx in _batches(LabelledTexts(chosen, [0] * len(chosen)), batch_size):
+    bar = progress_bar(total=len(chosen), desc="evaluate", enabled=progress, unit="text")
+    for batch_rows in sorted_batches(chosen, batch_size):
+        batch_texts, idx = [chosen[i] for i in batch_rows], torch.tensor(batch_rows)
         def on_site(i: int, act: torch.Tensor, batch: Any, idx: torch.Tensor = idx) -> None:
             means, keep = masked_means(act, position_mask(batch, policy))
             means, keep = means.cpu(), keep.cpu()

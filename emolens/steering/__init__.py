@@ -46,6 +46,7 @@ from emolens.steering.sweep import (
     neutral_loss,
     plot_sweep,
     sweep,
+    sweep_curves,
     sweep_generations,
 )
 
@@ -80,6 +81,7 @@ __all__ = [
     "steering_score",
     "steerings_from_control_vector",
     "sweep",
+    "sweep_curves",
     "sweep_generations",
     "word_logprobs",
 ]

@@ -41,6 +41,7 @@ import torch
 from jaxtyping import Float
 
 from emolens.errors import EmolensError, SteeringError, SteeringWarning, unknown_name_message
+from emolens.runtime import model_device
 from emolens.steering.positions import (
     PositionPolicy,
     PositionTracker,
@@ -575,8 +576,7 @@ def measure_mean_norm(model: Any, texts: Any, layers: Sequence[int] | None = Non
     items = [texts] if isinstance(texts, str) else list(texts)
     for i in range(0, len(items), batch_size):
         batch = to_inputs(model, items[i:i + batch_size])
-        dev = next(iter(model.parameters())).device if hasattr(model, "parameters") else None
-        b = batch.to(dev) if dev is not None else batch
+        b = batch.to(model_device(model))
         with torch.no_grad():
             _, cache = model.run_with_cache(b.tokens, names_filter=[s.name for s in sites],
                                             stop_at_layer=max(s.layer for s in sites) + 1,

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from emolens.errors import InputError, SteeringError, unknown_name_message
+from emolens.runtime import model_device, progress_bar
 from emolens.scoring import score
 
 NARRATOR_QUESTION = "\nHow does the narrator feel? They feel"
@@ -141,11 +142,9 @@ def word_logprobs(model: Any, contexts: Sequence[tuple[str, bool]], words: Seque
                     plan.append((ci, wi, len(seqs) - 1, j, w[j + 1]))
     picked: dict[int, torch.Tensor] = {}  # sequence -> [rows, vocab] log-probabilities
     pad = model.tokenizer.pad_token_id or 0
-    device = _device(model)
-    from tqdm.auto import tqdm
-
-    for start in tqdm(range(0, len(seqs), batch_size), desc="word log-probs",
-                      disable=not progress):
+    device = model_device(model)
+    for start in progress_bar(range(0, len(seqs), batch_size), desc="word log-probs",
+                              enabled=progress):
         chunk = seqs[start:start + batch_size]
         width = max(len(s) for s in chunk)
         toks = torch.full((len(chunk), width), int(pad), dtype=torch.long)
@@ -184,13 +183,6 @@ def _rows_steered(model: Any, steerings: Sequence[Any] | None, row_ctx: list[int
         yield
     finally:
         handle.remove()
-
-
-def _device(model: Any) -> torch.device:
-    from emolens.compat import model_device
-
-    dev = model_device(model)
-    return dev if isinstance(dev, torch.device) else torch.device(str(dev))
 
 
 # ---------------------------------------------------------------------------- judges
@@ -240,7 +232,7 @@ class DirectionJudge:
         from emolens.sites import resolve_site
 
         site = resolve_site(inp.model, self.layer)
-        device = _device(inp.model)
+        device = model_device(inp.model)
         toks = inp.tokens.to(device)
         am = inp.attention_mask.to(device)
         kwargs = {} if bool(am.all()) else {"attention_mask": am}

@@ -251,7 +251,7 @@ def continuation_logprob(model: Any, prefixes: Sequence[Sequence[int]],
                          ) -> list[float]:
     """Per pair, the mean ``log P(continuation_t | prefix, continuation_<t)`` (nats per token)
     under whatever hooks are on the model (none: unsteered); NaN for an empty continuation."""
-    from emolens.generation import _device
+    from emolens.runtime import model_device as _device
 
     if len(prefixes) != len(continuations):
         raise InputError(f"{len(prefixes)} prefixes but {len(continuations)} continuations")
