@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from emolens.errors import SteeringError
-from emolens.steering.prompts import NEUTRAL_STATEMENTS, OPEN_PROMPTS, as_chats
 
 
 def parse_spec(pairs: list[str]) -> dict[str, float]:
@@ -134,6 +133,8 @@ def main(args: argparse.Namespace) -> int:
     if action == "sweep":
         from emolens.steering.sweep import plot_sweep, sweep
 
+        from emolens.steering.prompts import OPEN_PROMPTS, as_chats
+
         prompts = as_chats(args.prompts or list(OPEN_PROMPTS[:3]))
         df = sweep(model, reg, args.emotion, args.strengths, prompts, layer=args.layer,
                    max_new_tokens=args.max_new_tokens)
@@ -147,6 +148,7 @@ def main(args: argparse.Namespace) -> int:
         return 0
     if action == "word-test":
         from emolens.io import write_json
+        from emolens.steering.prompts import NEUTRAL_STATEMENTS
         from emolens.steering.sweep import emotion_word_test
 
         res = emotion_word_test(model, reg, args.emotions, strength=args.strength,
