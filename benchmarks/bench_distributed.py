@@ -41,7 +41,8 @@ def _cli(cmd: list[str], threads: int) -> tuple[float, float, str]:
 
 
 def measure(emotions: str = CORE6, max_texts: int = 16, model: str | None = None,
-            layers: str | None = None, keep: str | None = None) -> dict[str, object]:
+            layers: str | None = None, keep: str | None = None,
+            max_neutral: int | None = None) -> dict[str, object]:
     import torch
 
     import emolens
@@ -53,6 +54,8 @@ def measure(emotions: str = CORE6, max_texts: int = 16, model: str | None = None
         common += ["--model", model]
     if layers:
         common += ["--layers", layers]
+    if max_neutral is not None:
+        common += ["--max-neutral", str(max_neutral)]
     py = [sys.executable, "-m", "emolens"]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 "--nproc-per-node", "2", "-m", "emolens"]
@@ -66,7 +69,9 @@ def measure(emotions: str = CORE6, max_texts: int = 16, model: str | None = None
     return {
         "distributed_setup": f"{len(emotions.split(','))} emotions ({emotions}), "
                              f"{max_texts} training stories each, all validation stories, "
-                             f"{len(a.layers)} layers, model {model or 'default'}; float32",
+                             f"{'all' if max_neutral is None else max_neutral} neutral "
+                             f"dialogues, layers {a.layers}, model {model or 'default'}; "
+                             "float32",
         "distributed_1x2_wall_s": round(single_wall, 2),
         "distributed_2x1_wall_s": round(dist_wall, 2),
         "distributed_1x2_extract_s": single_ex,
@@ -93,11 +98,13 @@ def main() -> int:
     ap.add_argument("--max-texts", type=int, default=16)
     ap.add_argument("--model", default=None)
     ap.add_argument("--layers", default=None)
+    ap.add_argument("--max-neutral", type=int, default=None)
     ap.add_argument("--keep", default=None, help="keep both registries in this folder")
     ap.add_argument("--out", default=str(HERE / "results.json"))
     args = ap.parse_args()
     sys.path.insert(0, str(HERE.parent))
-    res = measure(args.emotions, args.max_texts, args.model, args.layers, args.keep)
+    res = measure(args.emotions, args.max_texts, args.model, args.layers, args.keep,
+                  args.max_neutral)
     print(json.dumps(res, indent=2))
     from emolens.io import write_json
 

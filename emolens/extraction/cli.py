@@ -31,6 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-texts-per-emotion", type=int, default=None)
     p.add_argument("--compute-dtype", choices=["auto", "bfloat16", "float32"], default="auto")
     p.add_argument("--no-validate", action="store_true", help="skip the held-out pass")
+    p.add_argument("--max-neutral", type=int, default=None,
+                   help="use only the first N neutral dialogues for denoising (default: all)")
     p.add_argument("--device", default=None, help="model device (default: cuda:LOCAL_RANK under "
                    "torchrun with nccl, else TransformerLens's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -90,8 +92,13 @@ def main(args: argparse.Namespace) -> int:
         corpus = load_corpus_arg(args.corpus)
         model = emolens.load_model(args.model, device=device)
         t_load = time.perf_counter() - t0
+        neutral = None
+        if args.max_neutral is not None:
+            if args.max_neutral < 0:
+                raise InputError(f"--max-neutral must be >= 0, got {args.max_neutral}")
+            neutral = [list(r.messages) for r in corpus.neutral][:args.max_neutral]
         reg = emolens.extract_emotions(
-            model, corpus, layers=parse_list(args.layers, int, "layer"),
+            model, corpus, neutral=neutral, layers=parse_list(args.layers, int, "layer"),
             emotions=parse_list(args.emotions, str, "emotion"), method=args.method,
             batch_size=args.batch_size, max_texts_per_emotion=args.max_texts_per_emotion,
             compute_dtype=args.compute_dtype, validate=not args.no_validate,
