@@ -208,6 +208,8 @@ def _convert(entry: CatalogueModel, gguf: Path, folder: Path) -> None:
     finally:
         hf_logging.set_verbosity(verbosity)
     folder.parent.mkdir(parents=True, exist_ok=True)
+    for stale in folder.parent.glob(f".{folder.name}.*"):  # a conversion killed part-way
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         config = hf.config
