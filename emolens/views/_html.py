@@ -28,9 +28,12 @@ from emolens.errors import EmolensError, FormatError, InputError
 
 BUNDLE_MARKER = "emolens-circuitsvis-bundle"
 #: Content-Security-Policy of every page emolens writes: inline scripts and styles, data-URI
-#: images and fonts, nothing loaded from anywhere else.
+#: images and fonts, nothing loaded from anywhere else. ``form-action`` and ``base-uri`` do not
+#: fall back to ``default-src``: without them Chromium submitted a ``<form action=https://...>``
+#: under this policy (checked headless, Chromium, December 2026). No CSP directive stops a
+#: ``<meta http-equiv=refresh>`` navigation: ``find_remote_reference`` refuses those.
 CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-       "img-src data:; font-src data:")
+       "img-src data:; font-src data:; form-action 'none'; base-uri 'none'")
 CSP_META = f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
 _ID_OK = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 
