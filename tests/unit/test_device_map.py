@@ -8,6 +8,8 @@ same code path (``from_pretrained(device_map=...)`` then ``boot_transformers(hf_
 """
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -25,7 +27,7 @@ def folder(tmp_path_factory):
     torch.manual_seed(3)
     hf = LlamaForCausalLM(LlamaConfig(
         vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id))
     path = tmp_path_factory.mktemp("tinyllama")
@@ -104,3 +106,27 @@ def test_placement_errors_name_the_fix(folder):
             emolens.load_model(str(folder), n_devices=2)
     with pytest.raises(InputError, match="mutually exclusive"):
         emolens.load_model(str(folder), device="cpu", device_map="auto")
+
+
+def test_extract_and_scan_commands_on_one_process(folder, tmp_path, capsys):
+    from emolens.cli import main
+
+    reg_dir = tmp_path / "reg"
+    assert main(["extract", "--model", str(folder), "--out", str(reg_dir), "--emotions",
+                 "happy,afraid", "--max-texts-per-emotion", "3", "--max-neutral", "2",
+                 "--layers", "1,3", "--compute-dtype", "float32", "--quiet"]) == 0
+    reg = emolens.EmotionRegistry.load(reg_dir)
+    assert reg.emotions == ["happy", "afraid"] and reg.layers == [1, 3]
+    assert reg.metadata["neutral"]["texts"] == 2
+    assert reg.metadata["distributed"]["world_size"] == 1
+    data = tmp_path / "t.txt"
+    data.write_text("\n".join(TEXTS * 3))
+    assert main(["scan", "--data", str(data), "--registry", str(reg_dir), "--model",
+                 str(folder), "--out", str(tmp_path / "scan"), "--k", "2", "--quiet"]) == 0
+    got = json.loads((tmp_path / "scan" / "top_examples.json").read_text())
+    assert got["n_texts"] == 12 and len(got["examples"]["happy"]) == 2
+    assert "circuitsvis" in (tmp_path / "scan" / "top_examples.html").read_text().lower()
+    out = capsys.readouterr().out
+    assert "registry:" in out and "Top 2 tokens" in out
+    assert main(["extract", "--model", str(folder), "--out", str(reg_dir), "--layers",
+                 "one"]) == 2
