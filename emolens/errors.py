@@ -52,8 +52,9 @@ class NormsNotAvailableError(EmolensError):
     """The published affect norms (a package installed at set-up time) cannot be found."""
 
 
-class SteeringWarning(UserWarning):
-    """A steering setting that runs but will not give a meaningful result (an absurd strength)."""
+class SteeringWarning(EmolensError, UserWarning):
+    """A steering setting that runs but will not give a meaningful result (an absurd strength).
+    A warning; under ``-W error`` it is raised, and is then an ``EmolensError`` like the rest."""
 
 
 class FormatError(EmolensError, ValueError):
