@@ -120,3 +120,12 @@ def test_mixed_collection_loads():
     assert code and all(r["genre"] == "code" for r in load_mixed_records(["code"]))
     with pytest.raises(CorpusError, match="unknown genre"):
         load_mixed_texts(["poetry"])
+
+
+def test_a_datasets_dataset_streams_like_a_list(tiny, reg):
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.Dataset.from_dict({"body": TEXTS})
+    assert list(iter_texts(ds, field="body")) == TEXTS
+    a = top_examples(tiny, reg, ds, field="body", k=2, progress=False, strict=False)
+    b = top_examples(tiny, reg, TEXTS, k=2, progress=False, strict=False)
+    assert a.to_dict() == b.to_dict()
