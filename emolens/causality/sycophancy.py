@@ -254,13 +254,14 @@ def sycophancy_experiment(
     n_random: int = 3,
     seed: int = 0,
     max_tokens: int = 2048,
-    strict: bool = False,
+    strict: bool = True,
     progress: bool = False,
 ) -> SycophancyResult:
     """Steer toward / against emotions and measure the choice of sycophantic and harsh replies
     (see the module docstring). ``strength``: units of the site's mean residual norm."""
     from tqdm.auto import tqdm
 
+    registry.check_model(model, strict=strict)
     if not (isinstance(strength, (int, float)) and float(strength) > 0):
         raise CausalityError(f"strength must be a positive number (the sign is set per "
                              f"condition), got {strength!r}")

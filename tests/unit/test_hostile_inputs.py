@@ -41,6 +41,7 @@ def _entries():
         shortcut_experiment,
     )
     from emolens.causality.metrics import logit_diff
+    from emolens.causality.sycophancy import sycophancy_experiment
     from emolens.readout.evaluation import evaluate
 
     return {
@@ -54,6 +55,7 @@ def _entries():
         "shortcut_experiment": lambda m, r: shortcut_experiment(m, r),
         "preference_experiment": lambda m, r: preference_experiment(m, r),
         "dose_response": lambda m, r: dose_response(m, r),
+        "sycophancy_experiment": lambda m, r: sycophancy_experiment(m, r),
     }
 
 
