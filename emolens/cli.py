@@ -101,7 +101,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
             "emolens.pipeline.cli:"),
     "evaluate": ("accuracy of a saved registry's directions on your own labelled texts",
                  "emolens.readout.cli:"),
-    "models": ("the offline model catalogue: list, install", "emolens.models.cli:"),
+    "models": ("the offline model catalogue: list, install", "emolens.models_cli:"),
     "compare": ("compare emotion geometry and accuracy across models; writes a report",
                 "emolens.compare.cli:"),
     "steer": ("steered generation, dose-response sweeps, the word test, llama.cpp export",

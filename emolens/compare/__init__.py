@@ -6,38 +6,52 @@ with published norms; between models, RSA (``rsa``, ``registry_rsa``). See docs/
 """
 import sys
 import types
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from emolens.compare.compare import (
-    CPU_EMOTIONS,
-    PRESETS,
-    ComparisonResult,
-    Preset,
-    compare,
-    measure_registry,
-)
-from emolens.compare.rsa import RSAResult, cosine_matrix, registry_rsa, rsa
+_NAMES = {
+    "CPU_EMOTIONS": "emolens.compare.compare",
+    "PRESETS": "emolens.compare.compare",
+    "ComparisonResult": "emolens.compare.compare",
+    "Preset": "emolens.compare.compare",
+    "compare": "emolens.compare.compare",
+    "measure_registry": "emolens.compare.compare",
+    "RSAResult": "emolens.compare.rsa",
+    "cosine_matrix": "emolens.compare.rsa",
+    "registry_rsa": "emolens.compare.rsa",
+    "rsa": "emolens.compare.rsa",
+}
+__all__ = ["CPU_EMOTIONS", "PRESETS", "ComparisonResult", "Preset", "RSAResult", "compare",
+           "cosine_matrix", "measure_registry", "registry_rsa", "rsa"]
 
-__all__ = [
-    "CPU_EMOTIONS",
-    "PRESETS",
-    "ComparisonResult",
-    "Preset",
-    "RSAResult",
-    "compare",
-    "cosine_matrix",
-    "measure_registry",
-    "registry_rsa",
-    "rsa",
-]
+
+def __getattr__(name: str) -> Any:
+    # lazy: ``emolens compare --help`` must not import torch
+    if name in _NAMES:
+        import importlib
+
+        return getattr(importlib.import_module(_NAMES[name]), name)
+    raise AttributeError(f"module 'emolens.compare' has no attribute {name!r}")
 
 
 class _CallableModule(types.ModuleType):
     """``emolens.compare`` is this package once any of its submodules is imported (Python sets
     the attribute on the parent), so the package itself forwards calls to ``compare``."""
 
-    def __call__(self, *args: Any, **kwargs: Any) -> ComparisonResult:
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from emolens.compare.compare import compare
+
         return compare(*args, **kwargs)
 
 
 sys.modules[__name__].__class__ = _CallableModule
+
+if TYPE_CHECKING:  # pragma: no cover
+    from emolens.compare.compare import (
+        CPU_EMOTIONS,
+        PRESETS,
+        ComparisonResult,
+        Preset,
+        compare,
+        measure_registry,
+    )
+    from emolens.compare.rsa import RSAResult, cosine_matrix, registry_rsa, rsa

@@ -1,4 +1,7 @@
-"""``emolens models list`` and ``emolens models install NAME`` (the offline model catalogue)."""
+"""``emolens models list`` and ``emolens models install NAME`` (the offline model catalogue).
+
+A top-level module: importing ``emolens.models`` would load torch, and the CLI parser must not.
+"""
 from __future__ import annotations
 
 import argparse
