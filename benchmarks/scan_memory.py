@@ -25,9 +25,10 @@ HERE = Path(__file__).parent
 
 
 def _scan(data: Path, registry: str, out: Path, layer: int | None, batch: int,
-          threads: int) -> dict[str, float]:
+          threads: int, max_tokens: int) -> dict[str, float]:
     cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "emolens", "scan", "--data", str(data),
-           "--registry", registry, "--out", str(out), "--batch-size", str(batch), "--quiet"]
+           "--registry", registry, "--out", str(out), "--batch-size", str(batch), "--quiet",
+           "--max-tokens", str(max_tokens)]
     if layer is not None:
         cmd += ["--layer", str(layer)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
@@ -51,6 +52,7 @@ def main() -> int:
     ap.add_argument("--layer", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--out", default=str(HERE / "results.json"))
     args = ap.parse_args()
     sys.path.insert(0, str(HERE.parent))
@@ -67,7 +69,7 @@ def main() -> int:
                 for t in texts:
                     f.write(json.dumps({"text": t}) + "\n")
         r = _scan(data, args.registry, tmp / f"out-{mult}x", args.layer, args.batch_size,
-                  args.threads)
+                  args.threads, args.max_tokens)
         print(f"{mult}x: {r}")
         for k, v in r.items():
             res[f"scan_{mult}x_{k}"] = v
@@ -76,7 +78,8 @@ def main() -> int:
     res["scan_rss_ratio_4x_over_1x"] = round(float(res["scan_4x_peak_rss_mb"])  # type: ignore[arg-type]
                                              / float(res["scan_1x_peak_rss_mb"]), 3)  # type: ignore[arg-type]
     res["scan_setup"] = (f"emolens scan, default model, layer {args.layer}, batch "
-                         f"{args.batch_size}, {args.threads} threads, mixed collection x "
+                         f"{args.batch_size}, max tokens {args.max_tokens}, "
+                         f"{args.threads} threads, mixed collection x "
                          f"{args.copies} and x {4 * args.copies}; load avg "
                          f"{os.getloadavg()[0]:.1f}")
     print(json.dumps(res, indent=2))
