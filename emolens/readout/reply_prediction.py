@@ -122,8 +122,8 @@ def compare_predictors(target: Float[torch.Tensor, "prompt emotion"] | np.ndarra
         dd = boots[first] - boots[second]
         dd = dd[np.isfinite(dd)]
         diff = out[first].value - out[second].value
-        pd_ = (float(min(1.0, 2 * min((dd <= 0).mean(), (dd >= 0).mean()))) if dd.size
-               else None)
+        pd_ = (float(min(1.0, 2 * (min((dd <= 0).sum(), (dd >= 0).sum()) + 1) / (dd.size + 1)))
+               if dd.size else None)
         out["difference"] = Estimate(diff, float(np.quantile(dd, alpha)),
                                      float(np.quantile(dd, 1 - alpha)), pd_, n, confidence,
                                      f"r({first}) = r({second}) (bootstrap, two-sided)")
