@@ -162,17 +162,36 @@ class AblationResult:
 def _kl_many(model: Any, steerings: Sequence[Any], texts: Any, batch_size: int) -> list[float]:
     """Mean KL(unsteered || steered) over content tokens of ``texts`` for each steering; the
     unsteered distribution is computed once per batch."""
-    from emolens.steering.sweep import _batches, _logprobs, _neutral_texts
+    from emolens.runtime import model_device
+    from emolens.steering.interventions import apply_steering
+    from emolens.tokens import to_inputs
+
+    items = list(texts)
+    if not items:
+        raise CausalityError("no neutral texts for the KL; pass neutral= (strings or "
+                             "conversations)")
+    dev = model_device(model)
+
+    def logprobs(b: Any, s: Any) -> torch.Tensor:
+        handle = apply_steering(model, [s]) if s is not None else None
+        try:
+            with torch.no_grad():
+                logits = model(b.tokens, return_type="logits", **b.forward_kwargs())
+        finally:
+            if handle is not None:
+                handle.remove()
+        return logits[:, :-1].float().log_softmax(-1)
 
     totals = [0.0] * len(steerings)
     count = 0
-    for b in _batches(model, _neutral_texts(texts), batch_size):
-        p = _logprobs(model, b, [])
+    for start in range(0, len(items), batch_size):
+        b = to_inputs(model, items[start:start + batch_size]).to(dev)
+        p = logprobs(b, None)
         mask = b.content_mask[:, :-1] | b.content_mask[:, 1:]
         mask = b.attention_mask[:, :-1].bool() & b.attention_mask[:, 1:].bool() & mask
         pe = p.exp()
         for i, s in enumerate(steerings):
-            q = _logprobs(model, b, [s])
+            q = logprobs(b, s)
             totals[i] += float(((pe * (p - q)).sum(-1))[mask].sum())
             del q
         count += int(mask.sum())
