@@ -1,14 +1,16 @@
-"""Helpers shared by the causality modules: inputs, positions, token ids, batching, hooks."""
+"""Helpers shared by the causality modules: inputs, positions, token ids, a hooked forward.
+
+Batching, progress bars and the model's device come from ``emolens.runtime``."""
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from jaxtyping import Bool, Int
 
 from emolens.errors import CausalityError, InputError
+from emolens.runtime import model_device
 from emolens.tokens import TokenizedBatch, to_inputs
 
 PositionSpec = str | int | Sequence[int] | torch.Tensor
@@ -158,23 +160,6 @@ def token_ids(model: Any, spec: TokenSpec) -> list[int]:
     if not out:
         raise InputError("an empty list of tokens was given; pass at least one")
     return out
-
-
-def chunks(n: int, size: int) -> Iterator[slice]:
-    size = max(1, int(size))
-    for start in range(0, n, size):
-        yield slice(start, min(n, start + size))
-
-
-def rows_per_chunk(seq_len: int, max_tokens: int, batch_rows: int = 1) -> int:
-    """How many groups of ``batch_rows`` rows of ``seq_len`` tokens fit in ``max_tokens``."""
-    return max(1, math.floor(max_tokens / max(1, seq_len * batch_rows)))
-
-
-def model_device(model: Any) -> torch.device:
-    from emolens.compat import model_device as _md
-
-    return torch.device(_md(model))
 
 
 def forward(model: Any, batch: TokenizedBatch, fwd_hooks: list[tuple[str, Any]] | None = None

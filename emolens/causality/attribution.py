@@ -29,9 +29,9 @@ from emolens.causality._common import (
     CausalityError,
     PositionSpec,
     as_batch,
-    model_device,
     position_mask,
 )
+from emolens.runtime import model_device
 from emolens.tokens import TokenizedBatch
 
 
@@ -101,19 +101,19 @@ class DirectionAttribution:
                 (self.total[..., ei] * self.mask).sum() / self.mask.sum().clamp_min(1))
         return out
 
-    def plot(self, emotion: str, ax: Any = None) -> Any:
-        """Heads (layer x head) and MLPs (a column) contributions to ``emotion``'s readout."""
-        import matplotlib.pyplot as plt
-
-        ei = self.emotions.index(emotion)
-        pooled = self.pooled()[:, ei]
-        layers = sorted({_parse_component(c)[0] for c in self.components
-                         if _parse_component(c)[0] >= 0})
-        heads = sorted({_parse_component(c)[2] for c in self.components
-                        if _parse_component(c)[1] == "head"})
+    def grid(self, emotion: str) -> tuple[torch.Tensor, list[int], list[str]]:
+        """``emotion``'s pooled contributions as ``[layer, component]`` (heads ``H0..``, the
+        attention output bias ``b_O``, the ``MLP``; NaN where a layer has no such component),
+        with the layers and the column names: the input of
+        ``emolens.views.plot_component_writes``."""
+        if emotion not in self.emotions:
+            raise CausalityError(f"emotion {emotion!r} not in {self.emotions}")
+        pooled = self.pooled()[:, self.emotions.index(emotion)]
+        parsed = [_parse_component(c) for c in self.components]
+        layers = sorted({p[0] for p in parsed if p[0] >= 0})
+        heads = sorted({p[2] for p in parsed if p[1] == "head"})
         grid = torch.full((len(layers), len(heads) + 2), float("nan"))
-        for ci, c in enumerate(self.components):
-            layer, kind, head = _parse_component(c)
+        for ci, (layer, kind, head) in enumerate(parsed):
             if layer < 0:
                 continue
             li = layers.index(layer)
@@ -123,19 +123,7 @@ class DirectionAttribution:
                 grid[li, len(heads) + 1] = pooled[ci]
             elif kind == "attn_bias":
                 grid[li, len(heads)] = pooled[ci]
-        if ax is None:
-            _, ax = plt.subplots(figsize=(5, 0.18 * len(layers) + 2))
-        lim = float(torch.nan_to_num(grid).abs().max()) or 1.0
-        im = ax.imshow(grid.numpy(), aspect="auto", cmap="RdBu", vmin=-lim, vmax=lim,
-                       origin="lower")
-        ax.set_xticks(range(len(heads) + 2))
-        ax.set_xticklabels([f"H{h}" for h in heads] + ["b_O", "MLP"], fontsize=7)
-        ax.set_yticks(range(len(layers)))
-        ax.set_yticklabels([str(x) for x in layers], fontsize=6)
-        ax.set_ylabel("layer")
-        ax.set_title(f"direct writes along '{emotion}' at {self.site}", fontsize=9)
-        ax.figure.colorbar(im, ax=ax, label="contribution to readout")
-        return ax.figure
+        return grid, layers, [f"H{h}" for h in heads] + ["b_O", "MLP"]
 
     def _repr_html_(self) -> str:
         s = self.summary(3)

@@ -8,6 +8,11 @@ along the batch dimension and each copy patches a different cell (its layer's ho
 its own rows), in chunks of at most ``max_tokens`` tokens. The values equal TransformerLens's to
 float tolerance (tests check 1e-4 on tiny models and on the default model).
 
+Each sweep is also exported under TransformerLens's name (``get_act_patch_resid_pre``,
+``get_act_patch_attn_head_out_all_pos``, ... ``get_act_patch_block_every``; ``TL_ALIASES``
+lists them), so code written for ``transformer_lens.patching`` runs batched by changing the
+import.
+
 The metric keeps TransformerLens's signature: ``metric(logits) -> scalar`` (or ``[batch]`` with
 ``reduce="mean"``/``"none"``), called once per cell on that cell's ``[batch, pos, d_vocab]``
 logits.
@@ -22,10 +27,10 @@ from typing import Any
 
 import pandas as pd
 import torch
-from jaxtyping import Int
-from tqdm.auto import tqdm
+from jaxtyping import Float, Int
 
-from emolens.causality._common import CausalityError, chunks, model_device
+from emolens.causality._common import CausalityError
+from emolens.runtime import batches, model_device, progress_bar
 
 _AXES = {
     ("layer", "pos"): "pos",
@@ -40,6 +45,12 @@ _KINDS = {
     "mlp_out": ("mlp_out", ("layer", "pos")),
     "head_out": ("z", ("layer", "head")),
     "head_out_by_pos": ("z", ("layer", "pos", "head")),
+    "head_q": ("q", ("layer", "head")),
+    "head_k": ("k", ("layer", "head")),
+    "head_v": ("v", ("layer", "head")),
+    "head_q_by_pos": ("q", ("layer", "pos", "head")),
+    "head_k_by_pos": ("k", ("layer", "pos", "head")),
+    "head_v_by_pos": ("v", ("layer", "pos", "head")),
 }
 
 
@@ -133,8 +144,8 @@ def batched_activation_patch(
     values: list[torch.Tensor] = []
     kind = _AXES[axes]
     with torch.no_grad():
-        for sl in tqdm(list(chunks(len(cells), per_chunk)), desc=f"patch {activation_name}",
-                       disable=not progress, leave=False):
+        for sl in progress_bar(list(batches(len(cells), per_chunk)),
+                               desc=f"patch {activation_name}", enabled=progress):
             chunk = cells[sl]
             n = len(chunk)
             by_layer: dict[int, list[int]] = {}
@@ -203,7 +214,7 @@ def _names_filter(activation_name: str, layers: Sequence[int]) -> Callable[[str]
     return lambda n: n in names
 
 
-def _sweep(kind: str) -> Callable[..., torch.Tensor]:
+def _sweep(kind: str, name: str | None = None) -> Callable[..., torch.Tensor]:
     activation_name, axes = _KINDS[kind]
 
     def fn(model: Any, corrupted_tokens: Int[torch.Tensor, "batch pos"], clean_cache: Any,
@@ -217,7 +228,7 @@ def _sweep(kind: str) -> Callable[..., torch.Tensor]:
                                         reduce=reduce, progress=progress)
     shape = {("layer", "pos"): "[n_layers, pos]", ("layer", "head"): "[n_layers, n_heads]",
              ("layer", "pos", "head"): "[n_layers, pos, n_heads]"}[axes]
-    fn.__name__ = f"patch_{kind}"
+    fn.__name__ = name or f"patch_{kind}"
     fn.__qualname__ = fn.__name__
     fn.__doc__ = (f"Batched equivalent of ``transformer_lens.patching.get_act_patch_"
                   f"{_TL_NAMES[kind]}``: patch ``{activation_name}`` per cell; returns {shape}. "
@@ -227,7 +238,9 @@ def _sweep(kind: str) -> Callable[..., torch.Tensor]:
 
 _TL_NAMES = {"resid_pre": "resid_pre", "resid_mid": "resid_mid", "resid_post": "resid_post",
              "attn_out": "attn_out", "mlp_out": "mlp_out", "head_out": "attn_head_out_all_pos",
-             "head_out_by_pos": "attn_head_out_by_pos"}
+             "head_out_by_pos": "attn_head_out_by_pos",
+             **{f"head_{a}": f"attn_head_{a}_all_pos" for a in "qkv"},
+             **{f"head_{a}_by_pos": f"attn_head_{a}_by_pos" for a in "qkv"}}
 
 patch_resid_pre = _sweep("resid_pre")
 patch_resid_mid = _sweep("resid_mid")
@@ -235,6 +248,44 @@ patch_attn_out = _sweep("attn_out")
 patch_mlp_out = _sweep("mlp_out")
 patch_head_out = _sweep("head_out")
 patch_head_out_by_pos = _sweep("head_out_by_pos")
+
+# ---------------------------------------------------------------- TransformerLens's names
+# The same functions under the names of ``transformer_lens.patching``, with its first four
+# positional arguments (model, corrupted_tokens, clean_cache, patching_metric); the rest are
+# keywords (``layers``, ``attention_mask``, ``max_tokens``, ``reduce``, ``progress``).
+# ``reduce="none"`` returns the per-example tensor (TransformerLens returns a PatchingResult).
+get_act_patch_resid_pre = patch_resid_pre
+get_act_patch_resid_mid = patch_resid_mid
+get_act_patch_attn_out = patch_attn_out
+get_act_patch_mlp_out = patch_mlp_out
+get_act_patch_attn_head_out_all_pos = patch_head_out
+get_act_patch_attn_head_out_by_pos = patch_head_out_by_pos
+get_act_patch_attn_head_q_all_pos = _sweep("head_q", "get_act_patch_attn_head_q_all_pos")
+get_act_patch_attn_head_k_all_pos = _sweep("head_k", "get_act_patch_attn_head_k_all_pos")
+get_act_patch_attn_head_v_all_pos = _sweep("head_v", "get_act_patch_attn_head_v_all_pos")
+get_act_patch_attn_head_q_by_pos = _sweep("head_q_by_pos", "get_act_patch_attn_head_q_by_pos")
+get_act_patch_attn_head_k_by_pos = _sweep("head_k_by_pos", "get_act_patch_attn_head_k_by_pos")
+get_act_patch_attn_head_v_by_pos = _sweep("head_v_by_pos", "get_act_patch_attn_head_v_by_pos")
+
+
+def get_act_patch_block_every(model: Any, corrupted_tokens: Int[torch.Tensor, "batch pos"],
+                              clean_cache: Any, metric: Callable[[torch.Tensor], torch.Tensor],
+                              **kwargs: Any) -> Float[torch.Tensor, "3 layer pos"]:
+    """Batched ``transformer_lens.patching.get_act_patch_block_every``: ``resid_pre``,
+    ``attn_out`` and ``mlp_out`` maps stacked, ``[3, n_layers, pos]``; ``kwargs`` as for
+    ``patch_resid_pre``."""
+    return torch.stack([f(model, corrupted_tokens, clean_cache, metric, **kwargs)
+                        for f in (patch_resid_pre, patch_attn_out, patch_mlp_out)])
+
+
+TL_ALIASES = (
+    "get_act_patch_resid_pre", "get_act_patch_resid_mid", "get_act_patch_attn_out",
+    "get_act_patch_mlp_out", "get_act_patch_attn_head_out_all_pos",
+    "get_act_patch_attn_head_out_by_pos", "get_act_patch_attn_head_q_all_pos",
+    "get_act_patch_attn_head_k_all_pos", "get_act_patch_attn_head_v_all_pos",
+    "get_act_patch_attn_head_q_by_pos", "get_act_patch_attn_head_k_by_pos",
+    "get_act_patch_attn_head_v_by_pos", "get_act_patch_block_every",
+)
 
 
 # --------------------------------------------------------------------------- high-level map
@@ -292,36 +343,6 @@ class PatchingMap:
                 "shape": list(self.values.shape), "strongest_cell": cell,
                 "strongest_value": float(flat[best]), "strongest_recovery": frac}
 
-    def plot(self, ax: Any = None, *, normalized: bool = True) -> Any:
-        import matplotlib.pyplot as plt
-
-        data = self.values
-        label = self.metric_name
-        if normalized:
-            try:
-                data, label = self.normalized(), f"recovered fraction of {self.metric_name}"
-            except CausalityError:
-                pass
-        if data.ndim == 3:
-            data = data.abs().amax(-1)
-            label = f"max over heads |{label}|"
-        if ax is None:
-            fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * data.shape[1] + 2), 5))
-        lim = float(data.abs().max()) or 1.0
-        im = ax.imshow(data.numpy(), aspect="auto", cmap="RdBu", vmin=-lim, vmax=lim,
-                       origin="lower")
-        ax.set_ylabel("layer")
-        ax.set_yticks(range(len(self.layers)))
-        ax.set_yticklabels([str(x) for x in self.layers], fontsize=6)
-        if self.axes[1] == "pos" and self.tokens:
-            ax.set_xticks(range(len(self.tokens)))
-            ax.set_xticklabels(self.tokens, rotation=90, fontsize=6)
-        else:
-            ax.set_xlabel(self.axes[1])
-        ax.set_title(f"patching {self.kind}")
-        ax.figure.colorbar(im, ax=ax, label=label)
-        return ax.figure
-
     def _repr_html_(self) -> str:
         s = self.summary()
         return (f"<div><b>PatchingMap</b> {html.escape(self.kind)} {s['shape']} over "
@@ -336,7 +357,9 @@ def patching_map(model: Any, clean: Any, corrupted: Any,
                  progress: bool = True) -> PatchingMap:
     """Tokenise a clean/corrupted prompt pair (same token length), cache the clean run and
     compute a batched patching map of ``kind`` (``resid_pre``, ``resid_mid``, ``attn_out``,
-    ``mlp_out``, ``head_out``, ``head_out_by_pos``). ``metric(logits) -> scalar``."""
+    ``mlp_out``, ``head_out``, ``head_out_by_pos``, ``head_q``/``head_k``/``head_v`` and their
+    ``_by_pos`` forms). ``metric(logits) -> scalar``. Draw the result with
+    ``emolens.views.plot_patching_map(m.normalized(), m.layers, tokens=m.tokens)``."""
     from emolens.causality._common import as_batch
 
     if kind not in _KINDS:

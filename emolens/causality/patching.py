@@ -24,7 +24,6 @@ from typing import Any
 import pandas as pd
 import torch
 from jaxtyping import Float
-from tqdm.auto import tqdm
 from transformer_lens.tools.analysis.interchange import (
     NormMatchedPlacebo,
     SubspaceInterchange,
@@ -35,13 +34,11 @@ from emolens.causality._common import (
     CausalityError,
     PositionSpec,
     as_batch,
-    chunks,
-    model_device,
     paired_positions,
-    rows_per_chunk,
     slice_batch,
 )
 from emolens.causality.metrics import Metric, MetricFn, as_metric
+from emolens.runtime import batches, model_device, progress_bar, rows_per_chunk
 from emolens.sites import Site, resolve_site
 from emolens.stats import Estimate, mean_estimate, paired_difference
 from emolens.tokens import TokenizedBatch
@@ -191,30 +188,6 @@ class DirectionPatchResult:
             "notes": list(self.notes),
         }
 
-    def plot(self, ax: Any = None) -> Any:
-        """Per-pair effect vs placebo (points) with the means and intervals."""
-        import matplotlib.pyplot as plt
-
-        if ax is None:
-            _, ax = plt.subplots(figsize=(5, 3.5))
-        df = self.per_pair
-        cols = [("effect", "directions"), ("placebo", "placebo (mean of draws)")]
-        if self.full is not None:
-            cols.append(("full", "whole activation"))
-        for k, (col, _name) in enumerate(cols):
-            y = df[col].to_numpy()
-            ax.scatter([k + (i % 7 - 3) * 0.03 for i in range(len(y))], y, s=10, alpha=0.5)
-            est = self.estimates.get(col if col != "full" else "full")
-            if est is not None:
-                ax.errorbar([k], [est.value], yerr=[[est.value - est.low], [est.high - est.value]],
-                            fmt="o", color="black", capsize=4)
-        ax.axhline(0, color="grey", lw=0.8)
-        ax.set_xticks(range(len(cols)))
-        ax.set_xticklabels([c[1] for c in cols])
-        ax.set_ylabel(f"change in {self.metric_name}")
-        ax.set_title(f"patching [{self.label}] at {', '.join(self.sites)}", fontsize=9)
-        return ax.figure
-
     def _repr_html_(self) -> str:
         e = self.estimates
         rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
@@ -341,7 +314,7 @@ def patch_direction(
     src_acts: dict[str, torch.Tensor] = {}
     source_metric: list[torch.Tensor] = []
     target_metric: list[torch.Tensor] = []
-    for sl in chunks(n, per):
+    for sl in batches(n, per):
         sb = slice_batch(src_b, sl)
         store: dict[str, torch.Tensor] = {}
         ridx = torch.arange(sl.start, sl.stop)
@@ -356,11 +329,11 @@ def patch_direction(
     conditions = make_interventions(bases, n_placebo=n_placebo, seed=seed,
                                     include_full=include_full)
     values: dict[str, torch.Tensor] = {}
-    bar = tqdm(total=len(conditions) * len(list(chunks(n, per))), desc="patch_direction",
-               disable=not progress, leave=False)
+    bar = progress_bar(total=len(conditions) * len(list(batches(n, per))),
+                       desc="patch_direction", enabled=progress)
     for cname, fns in conditions:
         outs = []
-        for sl in chunks(n, per):
+        for sl in batches(n, per):
             sel = (rows >= sl.start) & (rows < sl.stop)
             r, p = rows[sel] - sl.start, tpos[sel]
             hooks = [(nm, _interchange_hook(fn, r, p, src_acts[nm][sel].to(dev)))

@@ -17,19 +17,16 @@ from typing import Any
 
 import torch
 
+from emolens import views
 from emolens.causality._common import CausalityError, as_batch, forward, reply_or_last
+from emolens.causality.ab import QUANT_NOTE, BehaviourResult, load_shortcut_scenarios
 from emolens.causality.attribution import direction_attribution, direction_logit_effects
-from emolens.causality.behaviour import (
-    QUANT_NOTE,
-    _shortcut_prompt,
-    dose_response,
-    load_shortcut_scenarios,
-    preference_experiment,
-    shortcut_experiment,
-)
-from emolens.causality.maps import patching_map
+from emolens.causality.dose import dose_response
+from emolens.causality.maps import PatchingMap, patching_map
 from emolens.causality.metrics import contrast_tokens, logit_diff
-from emolens.causality.patching import patch_direction
+from emolens.causality.patching import DirectionPatchResult, patch_direction
+from emolens.causality.preferences import preference_experiment
+from emolens.causality.shortcut import shortcut_experiment, shortcut_prompt
 from emolens.stimuli.emotions import CORE_EMOTIONS
 
 POSITIVE = ("happy", "inspired", "loving", "proud", "calm")
@@ -108,6 +105,61 @@ def _jsonable_size(v: Any) -> Any:
     return f"{len(items)} custom items"
 
 
+# ------------------------------------------------------------------------------ figures
+# Each report figure is one ``emolens.views`` call on a result's arrays; these helpers are
+# those calls (docs/causality.md and tutorials/04_causality.ipynb make the same ones).
+def direction_patch_figure(res: DirectionPatchResult) -> Any:
+    """``views.plot_pair_effects`` of a ``patch_direction`` result: per-pair effect, placebo
+    and whole-activation patch, with the estimates and intervals."""
+    names = {"effect": "directions", "placebo": "placebo (mean of draws)",
+             "full": "whole activation"}
+    cols = [c for c in ("effect", "placebo", "full") if c in res.per_pair]
+    return views.plot_pair_effects(
+        {names[c]: res.per_pair[c] for c in cols},
+        {names[c]: (res.estimates[c].value, res.estimates[c].low, res.estimates[c].high)
+         for c in cols if c in res.estimates},
+        ylabel=f"change in {res.metric_name}",
+        title=f"patching [{res.label}] at {', '.join(res.sites)}")
+
+
+def patching_map_figure(m: PatchingMap) -> Any:
+    """``views.plot_patching_map`` of the recovered fraction (the raw metric when the clean
+    and corrupted metrics are equal)."""
+    try:
+        values, label = m.normalized(), f"recovered fraction of {m.metric_name}"
+    except CausalityError:
+        values, label = m.values, m.metric_name
+    return views.plot_patching_map(values, m.layers, tokens=m.tokens, colorbar_label=label,
+                                   title=f"patching {m.kind}")
+
+
+def shortcut_figure(res: BehaviourResult) -> Any:
+    """``views.plot_interval_lines`` of ``frames["curves"]`` with the unsteered mean."""
+    c = res.frames["curves"]
+    return views.plot_interval_lines(
+        c.strength, c["mean"], c.low, c.high, c.condition,
+        reference=res.summary["unsteered"]["value"], ylabel="P(shortcut)",
+        title="shortcut under pressure: steering dose-response")
+
+
+def preferences_figure(res: BehaviourResult) -> Any:
+    """``views.plot_preferences`` from the frame and ``frames["emotions"]``."""
+    e, s = res.frames["emotions"], res.summary
+    across = s["steering_vs_correlation"]
+    rand = s["steering"]["elo_shift"].get("random")
+    return views.plot_preferences(
+        res.frame.category, res.frame.elo, e.emotion, e.r, elo_shift=e.elo_shift,
+        random_shift=None if rand is None else rand["value"],
+        across_r=None if across is None else across["value"])
+
+
+def dose_figure(res: BehaviourResult) -> Any:
+    """``views.plot_dose_panels`` from the frame and the checks."""
+    f, ck = res.frame, res.frames["checks"]
+    return views.plot_dose_panels(f.template, f.value, f.emotion, f.readout,
+                                  zip(ck.template, ck.emotion, ck.expected))
+
+
 def run_causality(model: Any, registry: Any, *, quick: bool = True, layer: int | None = None,
                   seed: int = 0, progress: bool = False, raise_errors: bool = False,
                   sizes: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -180,7 +232,7 @@ def run_causality(model: Any, registry: Any, *, quick: bool = True, layer: int |
             s = res.summary()
             s["directions"] = name if name == "valence_axis" else s["directions"]
             out[name] = s
-            figures[f"causality_patch_{name}"] = res.plot()
+            figures[f"causality_patch_{name}"] = direction_patch_figure(res)
         return out
 
     part(caus, "direction_patching", direction_patching)
@@ -199,7 +251,7 @@ def run_causality(model: Any, registry: Any, *, quick: bool = True, layer: int |
             return (logits[:, -1, ia] - logits[:, -1, ib]).mean()
         metric.__name__ = "logit_diff"
         m = patching_map(model, cb, xb, metric, kind="resid_pre", progress=progress)
-        figures["causality_patching_map"] = m.plot()
+        figures["causality_patching_map"] = patching_map_figure(m)
         s = m.summary()
         s.update({"clean": clean, "corrupted": corrupted,
                   "tokens_compared": [model.tokenizer.decode([ia]), model.tokenizer.decode([ib])],
@@ -220,11 +272,13 @@ def run_causality(model: Any, registry: Any, *, quick: bool = True, layer: int |
     def attribution() -> dict[str, Any]:
         pick = [e for e in ("desperate", "calm") if e in emos] or emos[:2]
         scen = load_shortcut_scenarios()[: int(size["attribution_prompts"])]
-        convs = [_shortcut_prompt(s, True) for s in scen]
+        convs = [shortcut_prompt(s, True) for s in scen]
         att = direction_attribution(model, convs, registry, layer=site.layer, emotions=pick,
                                     positions="reply")
         for e in pick:
-            figures[f"causality_attribution_{e}"] = att.plot(e)
+            grid, layers, columns = att.grid(e)
+            figures[f"causality_attribution_{e}"] = views.plot_component_writes(
+                grid, layers, columns, title=f"direct writes along '{e}' at {att.site}")
         s = att.summary(k=6)
         s["prompts"] = "shortcut scenarios (shortcut as option A), reply-opening token"
         return s
@@ -247,7 +301,7 @@ def run_causality(model: Any, registry: Any, *, quick: bool = True, layer: int |
             model, registry, emotions=pick, layer=site.layer,
             strengths=tuple(size["shortcut_strengths"]), n_scenarios=size["shortcut_scenarios"],
             seed=seed, progress=progress)
-        figures["behaviour_shortcut"] = res.figure
+        figures["behaviour_shortcut"] = shortcut_figure(res)
         return res.summary
 
     def preferences() -> dict[str, Any]:
@@ -259,7 +313,7 @@ def run_causality(model: Any, registry: Any, *, quick: bool = True, layer: int |
             n_opponents=int(size["preference_opponents"]),
             activities=size["preference_activities"], steer_emotions=steer,
             seed=seed, progress=progress)
-        figures["behaviour_preferences"] = res.figure
+        figures["behaviour_preferences"] = preferences_figure(res)
         s = res.summary
         s["activities"] = res.frame[["id", "category", "elo", "steered"]].to_dict("records")
         return s
@@ -267,7 +321,7 @@ def run_causality(model: Any, registry: Any, *, quick: bool = True, layer: int |
     def dose() -> dict[str, Any]:
         res = dose_response(model, registry, layer=site.layer, templates=size["templates"],
                             seed=seed, progress=progress)
-        figures["behaviour_dose_response"] = res.figure
+        figures["behaviour_dose_response"] = dose_figure(res)
         return res.summary
 
     part(beh, "shortcut", shortcut)

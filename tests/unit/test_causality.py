@@ -9,6 +9,7 @@ import matplotlib
 import pandas as pd
 import pytest
 import torch
+from matplotlib.figure import Figure
 from transformer_lens import patching as tlp
 
 import emolens.causality as C
@@ -19,10 +20,18 @@ from emolens.causality._common import (
     slice_batch,
 )
 from emolens.causality.patching import make_interventions
+from emolens.causality.report import (
+    direction_patch_figure,
+    dose_figure,
+    patching_map_figure,
+    preferences_figure,
+    shortcut_figure,
+)
 from emolens.errors import InputError
 from emolens.registry import EmotionRegistry
 from emolens.sites import Site
 from emolens.tokens import to_inputs
+from emolens.views import plot_component_writes
 
 matplotlib.use("Agg")
 
@@ -74,6 +83,53 @@ def test_batched_maps_equal_transformer_lens(request, fixture, tl_fn, mine):
     assert got.std() > 1e-4                       # the patches do something
 
 
+# get_act_patch_resid_mid: TransformerLens 4.3's own sweep is off on TransformerBridge models
+# (its last-layer, last-position patch does not restore the clean metric, which it must: the
+# rest of the block is per-position); emolens's is checked against that exact property below.
+ALIAS_CASES = [("tiny", n) for n in C.TL_ALIASES if n != "get_act_patch_resid_mid"] + [
+    ("tiny_llama", n) for n in ("get_act_patch_attn_head_k_all_pos",
+                                "get_act_patch_attn_head_v_all_pos",
+                                "get_act_patch_attn_head_q_all_pos")]
+
+
+@pytest.mark.parametrize("fixture,name", ALIAS_CASES, ids=[f"{n}-{f}" for f, n in ALIAS_CASES])
+def test_transformer_lens_named_aliases_equal_transformer_lens(request, fixture, name):
+    model = request.getfixturevalue(fixture)
+    clean, corrupt = model.to_tokens(SHORT_CLEAN), model.to_tokens(SHORT_CORRUPT)
+    _, cache = model.run_with_cache(clean)
+    ref = getattr(tlp, name)(model, corrupt, cache, _metric).detach().cpu()
+    mine = getattr(C, name)
+    got = mine(model, corrupt, cache, _metric, progress=False, max_tokens=60)  # TL's order
+    assert got.shape == ref.shape
+    assert (got - ref).abs().max() <= 1e-4
+    assert got.std() > 1e-5                       # the patches do something
+
+
+@pytest.mark.parametrize("fixture", ["tiny", "tiny_llama"])
+def test_resid_mid_patch_restores_clean_where_it_must(request, fixture):
+    model = request.getfixturevalue(fixture)
+    clean, corrupt = model.to_tokens(SHORT_CLEAN), model.to_tokens(SHORT_CORRUPT)
+    clean_logits, cache = model.run_with_cache(clean)
+    got = C.get_act_patch_resid_mid(model, corrupt, cache, _metric, progress=False)
+    assert got.shape == (model.cfg.n_layers, clean.shape[1])
+    # the metric reads the last position; after resid_mid of the last block only that
+    # position's MLP follows, so patching it there gives the clean metric exactly
+    assert float(got[-1, -1]) == pytest.approx(float(_metric(clean_logits)), abs=1e-4)
+    # the first token is the same in both prompts: patching it changes nothing
+    corrupt_value = float(_metric(model(corrupt)))
+    assert torch.allclose(got[:, 0], torch.full_like(got[:, 0], corrupt_value), atol=1e-4)
+    # an earlier position at the last block cannot reach the last position any more
+    assert float(got[-1, 1]) == pytest.approx(corrupt_value, abs=1e-4)
+
+
+def test_aliases_are_the_batched_functions():
+    assert C.get_act_patch_resid_pre is C.patch_resid_pre
+    assert C.get_act_patch_attn_head_out_all_pos is C.patch_head_out
+    assert C.get_act_patch_attn_head_out_by_pos is C.patch_head_out_by_pos
+    assert set(C.TL_ALIASES) <= set(C.__all__)
+    assert all(hasattr(tlp, n) for n in C.TL_ALIASES)      # real TransformerLens names
+
+
 def test_batched_map_reduce_none_and_index_df(tiny):
     clean, corrupt = tiny.to_tokens(SHORT_CLEAN), tiny.to_tokens(SHORT_CORRUPT)
     _, cache = tiny.run_with_cache(clean)
@@ -106,7 +162,9 @@ def test_patching_map_wrapper(tiny):
     assert abs(float(m.values[0, 0]) - m.corrupted_value) < 1e-4
     s = m.summary()
     json.dumps(s)
-    assert m.plot() is not None and "PatchingMap" in m._repr_html_()
+    assert "PatchingMap" in m._repr_html_() and not hasattr(m, "plot")   # data only
+    fig = patching_map_figure(m)
+    assert isinstance(fig, Figure) and fig.axes[0].get_ylabel() == "layer"
     assert len(m.to_frame()) == m.values.numel()
     with pytest.raises(CausalityError, match="same token length"):
         C.patching_map(tiny, "short", "a longer prompt", _metric, progress=False)
@@ -205,7 +263,10 @@ def test_patch_direction_finds_planted_effect_and_no_effect_where_none(tiny):
     s = res.summary()
     json.dumps(s)
     assert s["rank"] == 1 and s["n_pairs"] == 12 and len(s["placebo_draw_means"]) == 6
-    assert "DirectionPatchResult" in res._repr_html_() and res.plot() is not None
+    assert "DirectionPatchResult" in res._repr_html_() and not hasattr(res, "plot")
+    fig = direction_patch_figure(res)
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == [
+        "directions", "placebo (mean of draws)", "whole activation"]
     # patching an orthogonal direction leaves the readout along 'calm' untouched
     null = C.patch_direction(tiny, src, tgt, reg, emotions=["other"], layer=layer,
                              metric=metric, n_placebo=3, progress=False)
@@ -292,7 +353,13 @@ def test_attribution_is_exact(request, fixture, hook):
     df = att.top("calm", k=4)
     assert len(df) == 4
     json.dumps(att.summary())
-    assert att.plot("calm") is not None and "DirectionAttribution" in att._repr_html_()
+    assert "DirectionAttribution" in att._repr_html_() and not hasattr(att, "plot")
+    grid, layers, cols = att.grid("calm")
+    pooled = att.pooled()[:, att.emotions.index("calm")]
+    assert grid.shape == (len(layers), n_heads + 2) and cols[-2:] == ["b_O", "MLP"]
+    assert grid[0, 0] == pooled[att.components.index("L0.H0")]
+    assert grid[0, -1] == pooled[att.components.index("L0.mlp")]
+    assert isinstance(plot_component_writes(grid, layers, cols), Figure)
 
 
 def test_logit_effects(tiny):
@@ -328,7 +395,15 @@ def test_shortcut_experiment_runs(tiny):
     assert s["n_scenarios"] == 3 and len(s["conditions"]) == 2
     calm = next(c for c in s["conditions"] if c["condition"] == "calm")
     assert "minus_random_same_strength" in calm
-    assert res.figure is not None
+    curves = res.frames["curves"]                    # the figure's data
+    per = res.frames["per_scenario"]
+    calm_pts = curves[curves.condition == "calm"]
+    assert calm_pts.strength.tolist() == [0.0, 0.2]  # the unsteered point, then the strength
+    assert calm_pts["mean"].iloc[1] == pytest.approx(
+        per[per.condition == "calm"].p_shortcut.mean())
+    assert (curves.low <= curves["mean"] + 1e-12).all()
+    assert (curves["mean"] <= curves.high + 1e-12).all()
+    assert isinstance(shortcut_figure(res), Figure)
     # steering changes the answer probabilities (a tiny random model is sensitive)
     base = res.frame[res.frame.condition == "unsteered"].p_shortcut.to_numpy()
     steered = res.frame[res.frame.condition == "calm"].p_shortcut.to_numpy()
@@ -347,7 +422,11 @@ def test_preference_experiment_runs(tiny):
     assert set(s["steering"]["elo_shift"]) == {"calm", "happy", "random"}
     assert s["steering"]["n_steered"] == 4
     assert set(res.frames["steering"].emotion) == {"calm", "happy", "random"}
-    assert res.figure is not None
+    em = res.frames["emotions"].set_index("emotion")
+    assert em.loc["calm", "elo_shift"] == s["steering"]["elo_shift"]["calm"]["value"]
+    assert em.loc["desperate", "elo_shift"] != em.loc["desperate", "elo_shift"]   # NaN
+    assert em.loc["happy", "r"] == s["readout_elo_correlation"]["happy"]["value"]
+    assert isinstance(preferences_figure(res), Figure)
 
 
 def test_dose_response_runs(tiny):
@@ -360,16 +439,19 @@ def test_dose_response_runs(tiny):
     assert s["n_prompts"] == 4 and s["n_expectations"] == 1
     assert {c["status"] for c in s["checks"]} & {"emotion not in registry"}
     assert len(res.frame) == 4 * 3
+    fig = dose_figure(res)
+    assert isinstance(fig, Figure) and fig.axes[0].get_title() == "x"
+    assert len(fig.axes[0].get_lines()) == 1          # 'happy' only: 'sad' is not scored
 
 
 def test_span_masks_cover_activity_tokens(tiny):
-    from emolens.causality.behaviour import _pref_prompt, _span_masks
+    from emolens.causality.preferences import preference_prompt, span_masks
 
-    b = to_inputs(tiny, [_pref_prompt("swim", "read a book")])
+    b = to_inputs(tiny, [preference_prompt("swim", "read a book")])
     t = b.texts[0]
     sa = t.index("(A) swim") + 4
     sb = t.index("(B) read a book") + 4
-    ma, mb = _span_masks(tiny, b, [[(sa, sa + 4), (sb, sb + 11)]])
+    ma, mb = span_masks(tiny, b, [[(sa, sa + 4), (sb, sb + 11)]])
     toks = b.str_tokens(tiny)[0]
     assert "".join(toks[i] for i in ma[0].nonzero().flatten().tolist()) == "swim"
     assert "".join(toks[i] for i in mb[0].nonzero().flatten().tolist()) == "read a book"
