@@ -724,6 +724,12 @@ class AffectRatings(Mapping[str, tuple[float, float]]):
             raise CorpusError(unknown_name_message("emotion", emotion, sorted(self._ratings),
                                                    "no affect rating for it")) from None
 
+    def __contains__(self, emotion: object) -> bool:
+        return emotion in self._ratings  # Mapping's default would see the CorpusError
+
+    def get(self, emotion: str, default: Any = None) -> Any:
+        return self._ratings.get(emotion, default)
+
     def __iter__(self) -> Any:
         return iter(self._ratings)
 

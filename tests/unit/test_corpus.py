@@ -84,8 +84,8 @@ def test_coverage(corpus):
                                           "relieved"]
     mid = ratings.midpoint
     assert mid == 5.0
-    valence = [ratings[e][0] for e in emotions]
-    arousal = [ratings[e][1] for e in emotions]
+    valence = [ratings[e][0] for e in emotions if e in ratings]
+    arousal = [ratings[e][1] for e in emotions if e in ratings]
     assert sum(v < mid - 1 for v in valence) >= 10 and sum(v > mid + 1 for v in valence) >= 10
     assert sum(a < 4 for a in arousal) >= 4 and sum(a > 6 for a in arousal) >= 4
     assert "Warriner" in ratings.source and ratings.version == "1.2.0"
@@ -256,6 +256,7 @@ def test_affect_ratings(tmp_path):
     assert r["excited"] == (8.11, 6.43) and r["bored"] == (2.95, 3.65)
     few = load_affect_ratings(emotions=["calm", "loving"])
     assert list(few) == ["calm"] and few.missing == ["loving"]
+    assert "calm" in few and "loving" not in few and few.get("loving") is None
     # the user's own norms: a CSV in Warriner's layout, or JSON naming its source
     (tmp_path / "mine.csv").write_text("Word,V.Mean.Sum,A.Mean.Sum\nCalm,1.5,2.5\nsad,3,4\n")
     mine = load_affect_ratings(tmp_path / "mine.csv", emotions=["calm", "sad", "happy"])
