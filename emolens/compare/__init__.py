@@ -9,16 +9,16 @@ import types
 from typing import TYPE_CHECKING, Any
 
 _NAMES = {
-    "CPU_EMOTIONS": "emolens.compare.compare",
-    "PRESETS": "emolens.compare.compare",
-    "ComparisonResult": "emolens.compare.compare",
-    "Preset": "emolens.compare.compare",
-    "compare": "emolens.compare.compare",
-    "measure_registry": "emolens.compare.compare",
-    "RSAResult": "emolens.compare.rsa",
-    "cosine_matrix": "emolens.compare.rsa",
-    "registry_rsa": "emolens.compare.rsa",
-    "rsa": "emolens.compare.rsa",
+    "CPU_EMOTIONS": "emolens.compare.core",
+    "PRESETS": "emolens.compare.core",
+    "ComparisonResult": "emolens.compare.core",
+    "Preset": "emolens.compare.core",
+    "compare": "emolens.compare.core",
+    "measure_registry": "emolens.compare.core",
+    "RSAResult": "emolens.compare.similarity",
+    "cosine_matrix": "emolens.compare.similarity",
+    "registry_rsa": "emolens.compare.similarity",
+    "rsa": "emolens.compare.similarity",
 }
 __all__ = ["CPU_EMOTIONS", "PRESETS", "ComparisonResult", "Preset", "RSAResult", "compare",
            "cosine_matrix", "measure_registry", "registry_rsa", "rsa"]
@@ -38,7 +38,7 @@ class _CallableModule(types.ModuleType):
     the attribute on the parent), so the package itself forwards calls to ``compare``."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from emolens.compare.compare import compare
+        from emolens.compare.core import compare
 
         return compare(*args, **kwargs)
 
@@ -46,7 +46,7 @@ class _CallableModule(types.ModuleType):
 sys.modules[__name__].__class__ = _CallableModule
 
 if TYPE_CHECKING:  # pragma: no cover
-    from emolens.compare.compare import (
+    from emolens.compare.core import (
         CPU_EMOTIONS,
         PRESETS,
         ComparisonResult,
@@ -54,4 +54,4 @@ if TYPE_CHECKING:  # pragma: no cover
         compare,
         measure_registry,
     )
-    from emolens.compare.rsa import RSAResult, cosine_matrix, registry_rsa, rsa
+    from emolens.compare.similarity import RSAResult, cosine_matrix, registry_rsa, rsa

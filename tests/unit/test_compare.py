@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from emolens.compare import cosine_matrix, registry_rsa, rsa
-from emolens.compare.compare import measure_registry
+from emolens.compare.core import measure_registry
 from emolens.errors import InputError
 from emolens.registry import EmotionRegistry
 from emolens.sites import Site
@@ -166,7 +166,7 @@ def test_compare_end_to_end_on_two_tiny_models(tmp_path):
 
 def test_compare_is_public_and_callable():
     import emolens
-    import emolens.compare.rsa  # importing a submodule must not hide the callable
+    import emolens.compare.similarity  # importing a submodule must not hide the callable
 
     assert "compare" in emolens.__all__ and callable(emolens.compare)
     with pytest.raises(InputError, match="at least one model"):

@@ -9,7 +9,7 @@ Per model (extracted with one preset, on the corpus's splits):
 - geometry at the default layer: PC1/PC2 explained variance (bootstrap over emotions) and the
   Pearson r of PC1 with valence and PC2 with arousal (published norms, bootstrap and
   permutation p: ``emolens.geometry.affect_correlation``), and r by depth;
-- between every pair of models: RSA of their emotion geometry (``emolens.compare.rsa``).
+- between every pair of models: RSA of their emotion geometry (``emolens.compare.similarity``).
 
 The figures put the models on one axis by parameter count. Every figure in ``results.json``
 names the split it comes from.
@@ -298,7 +298,7 @@ def compare(models: Sequence[Any], corpus: Any = None, *, preset: str | Preset =
             gc.collect()
     per_model.sort(key=lambda m: m["n_params"])
     pairs = []
-    from emolens.compare.rsa import registry_rsa
+    from emolens.compare.similarity import registry_rsa
 
     names = [m["name"] for m in per_model]
     for i in range(len(names)):
