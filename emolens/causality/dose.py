@@ -43,6 +43,7 @@ def dose_response(
     emotions: Sequence[str] | None = None,
     seed: int = 0,
     max_tokens: int = 2048,
+    strict: bool = True,
     progress: bool = True,
 ) -> BehaviourResult:
     """Readouts at the reply-opening token as a template's number grows.
@@ -54,6 +55,7 @@ def dose_response(
     """
     from transformer_lens.utilities.statistics import success_rate_ci
 
+    registry.check_model(model, strict=strict)
     site = registry.site(layer)
     temps = list(templates if templates is not None else _load_templates())
     emos = list(registry.emotions if emotions is None else emotions)

@@ -270,6 +270,7 @@ def patch_direction(
     seed: int = 0,
     max_tokens: int = 2048,
     confidence: float = 0.95,
+    strict: bool = True,
     progress: bool = True,
 ) -> DirectionPatchResult:
     """Patch the source's component along ``directions`` into the target, beside a placebo.
@@ -288,6 +289,7 @@ def patch_direction(
         n_placebo: random subspaces (same rank, seeds ``seed .. seed + n_placebo - 1``), each
             moved exactly as far as the real patch moves each token.
         include_full: also patch the whole activation (the ceiling of any direction).
+        strict: a registry's model check (``EmotionRegistry.check_model``).
 
     Returns:
         ``DirectionPatchResult`` with ``.effect``, ``.ci``, ``.placebo``, ``.p_value``,
@@ -295,6 +297,8 @@ def patch_direction(
     """
     if n_placebo < 1:
         raise CausalityError(f"n_placebo must be >= 1 (the placebo is not optional), got {n_placebo}")
+    if hasattr(directions, "check_model"):
+        directions.check_model(model, strict=strict)
     metric_b = as_metric(metric).bind(model)
     src_b, tgt_b = as_batch(model, source), as_batch(model, target)
     if len(src_b) != len(tgt_b):

@@ -79,7 +79,7 @@ def preference_experiment(
     random_control: bool = True,
     seed: int = 0,
     max_tokens: int = 2048,
-    strict: bool = False,
+    strict: bool = True,
     progress: bool = True,
 ) -> BehaviourResult:
     """Soft Elo of activities from A/B preferences, its correlation with emotion readouts on
@@ -96,6 +96,7 @@ def preference_experiment(
         logit P(chosen | unsteered))`` over its prompts: under Bradley-Terry with the
         opponents' ratings fixed this is its rating change.
     """
+    registry.check_model(model, strict=strict)
     site = registry.site(layer)
     acts = list(activities if activities is not None else load_activities())
     n = len(acts)

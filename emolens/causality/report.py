@@ -162,15 +162,18 @@ def dose_figure(res: BehaviourResult) -> Any:
 
 def run_causality(model: Any, registry: Any, *, quick: bool = True, layer: int | None = None,
                   seed: int = 0, progress: bool = False, raise_errors: bool = False,
-                  sizes: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+                  sizes: dict[str, Any] | None = None, strict: bool = True
+                  ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run every causal and behavioural analysis; return (sections, figures).
 
     ``sections``: ``{"causality": {...}, "behaviour": {...}}``, JSON-able. ``figures``:
     ``{name: matplotlib.figure.Figure}``. A part that fails records ``{"error": ...}`` and the
     rest still run (``raise_errors=True`` re-raises instead). ``sizes`` overrides entries of
     ``QUICK_SIZES`` / ``FULL_SIZES`` (e.g. ``{"preference_pairs": 400}``); ``emolens run``
-    passes ``RUN_SIZES`` with ``quick=False``.
+    passes ``RUN_SIZES`` with ``quick=False``. ``strict``: the registry's model check
+    (``EmotionRegistry.check_model``), run first and passed to every part.
     """
+    registry.check_model(model, strict=strict)
     size = dict(QUICK_SIZES if quick else FULL_SIZES)
     unknown = set(sizes or {}) - set(size)
     if unknown:
@@ -219,7 +222,7 @@ def run_causality(model: Any, registry: Any, *, quick: bool = True, layer: int |
         if present:
             results.append(("emotion_span", patch_direction(
                 model, sb, tb, registry, emotions=present, layer=site.layer, metric=metric,
-                n_placebo=int(size["n_placebo"]), seed=seed, progress=progress)))
+                n_placebo=int(size["n_placebo"]), seed=seed, strict=strict, progress=progress)))
         pos_ = [e for e in POSITIVE if e in emos]
         neg_ = [e for e in NEGATIVE if e in emos]
         if pos_ and neg_:
@@ -227,7 +230,7 @@ def run_causality(model: Any, registry: Any, *, quick: bool = True, layer: int |
             results.append(("valence_axis", patch_direction(
                 model, sb, tb, registry, emotions=[w], layer=site.layer, metric=metric,
                 n_placebo=int(size["n_placebo"]), seed=seed, include_full=False,
-                progress=progress)))
+                strict=strict, progress=progress)))
         for name, res in results:
             s = res.summary()
             s["directions"] = name if name == "valence_axis" else s["directions"]
@@ -300,7 +303,7 @@ def run_causality(model: Any, registry: Any, *, quick: bool = True, layer: int |
         res = shortcut_experiment(
             model, registry, emotions=pick, layer=site.layer,
             strengths=tuple(size["shortcut_strengths"]), n_scenarios=size["shortcut_scenarios"],
-            seed=seed, progress=progress)
+            seed=seed, strict=strict, progress=progress)
         figures["behaviour_shortcut"] = shortcut_figure(res)
         return res.summary
 
@@ -312,7 +315,7 @@ def run_causality(model: Any, registry: Any, *, quick: bool = True, layer: int |
             model, registry, layer=site.layer, n_pairs=size["preference_pairs"],
             n_opponents=int(size["preference_opponents"]),
             activities=size["preference_activities"], steer_emotions=steer,
-            seed=seed, progress=progress)
+            seed=seed, strict=strict, progress=progress)
         figures["behaviour_preferences"] = preferences_figure(res)
         s = res.summary
         s["activities"] = res.frame[["id", "category", "elo", "steered"]].to_dict("records")
@@ -320,7 +323,7 @@ def run_causality(model: Any, registry: Any, *, quick: bool = True, layer: int |
 
     def dose() -> dict[str, Any]:
         res = dose_response(model, registry, layer=site.layer, templates=size["templates"],
-                            seed=seed, progress=progress)
+                            seed=seed, strict=strict, progress=progress)
         figures["behaviour_dose_response"] = dose_figure(res)
         return res.summary
 

@@ -57,7 +57,7 @@ def shortcut_experiment(
     random_controls: bool = True,
     seed: int = 0,
     max_tokens: int = 2048,
-    strict: bool = False,
+    strict: bool = True,
     progress: bool = True,
 ) -> BehaviourResult:
     """P(shortcut) unsteered, steered along each emotion at each strength (both signs), and
@@ -74,6 +74,7 @@ def shortcut_experiment(
     position bias removed). It is more sensitive than the probability when the model mostly
     answers one letter.
     """
+    registry.check_model(model, strict=strict)
     site = registry.site(layer)
     scen = list(scenarios if scenarios is not None else load_shortcut_scenarios())
     if n_scenarios is not None and n_scenarios < len(scen):
