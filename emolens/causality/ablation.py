@@ -303,7 +303,7 @@ def ablation_scan(model: Any, registry: Any, emotion: str, *, prompts: Sequence[
     return AblationResult(emotion, mode, [int(x) for x in cand], ch, kl, pch, pkl, chosen,
                           pchosen, float(kl_limit), expect, name, float(base.mean()), int(n_p),
                           len(neutral), {"placebo_seed": placebo_seed,
-                                         "positions": "all", "kl": "KL(unablated || ablated), "
+                                         "positions": "all", "kl_definition": "KL(unablated || ablated), "
                                          "content tokens of neutral dialogues"})
 
 
