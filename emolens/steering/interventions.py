@@ -272,9 +272,13 @@ class Steering:
             except OverflowError:
                 fvalue = math.inf
             if not math.isfinite(fvalue):
+                try:
+                    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+                except ValueError:  # an int beyond Python's str conversion limit
+                    shown = "an integer of more than 4300 digits"
                 raise SteeringError(
-                    f"strength for {name!r} is {str(value)[:40]!r}; strengths must be finite "
-                    "numbers (units of the mean residual norm; typical 0.025-0.5)")
+                    f"strength for {name!r} is {shown}; strengths must be finite numbers "
+                    "(units of the mean residual norm; typical 0.025-0.5)")
             if abs(fvalue) > ABSURD_STRENGTH and (self.scale is not None or reg_source):
                 warnings.warn(
                     f"strength {fvalue:g} for {name!r} is more than {ABSURD_STRENGTH:g} times "
