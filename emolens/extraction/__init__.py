@@ -1,25 +1,34 @@
 """Extraction: activations -> directions (streaming accumulators, methods)."""
-from emolens.extraction.accumulator import ClassMeanAccumulator, MomentAccumulator
-from emolens.extraction.extract import extract_emotions, stream_sites
-from emolens.extraction.methods import (
-    METHODS,
-    ExtractionData,
-    ExtractionMethod,
-    get_method,
-    register_method,
-)
-from emolens.extraction.positions import POLICIES, position_mask
+from __future__ import annotations
 
-__all__ = [
-    "METHODS",
-    "POLICIES",
-    "ClassMeanAccumulator",
-    "ExtractionData",
-    "ExtractionMethod",
-    "MomentAccumulator",
-    "extract_emotions",
-    "get_method",
-    "position_mask",
-    "register_method",
-    "stream_sites",
-]
+from typing import TYPE_CHECKING
+
+from emolens._lazy import attach
+
+_NAMES = {
+    "ClassMeanAccumulator": "emolens.extraction.accumulator",
+    "MomentAccumulator": "emolens.extraction.accumulator",
+    "extract_emotions": "emolens.extraction.extract",
+    "stream_sites": "emolens.extraction.extract",
+    "ExtractionData": "emolens.extraction.methods",
+    "ExtractionMethod": "emolens.extraction.methods",
+    "METHODS": "emolens.extraction.methods",
+    "get_method": "emolens.extraction.methods",
+    "register_method": "emolens.extraction.methods",
+    "POLICIES": "emolens.extraction.positions",
+    "position_mask": "emolens.extraction.positions",
+}
+__all__ = sorted(_NAMES)
+__getattr__, __dir__ = attach(__name__, _NAMES)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from emolens.extraction.accumulator import ClassMeanAccumulator, MomentAccumulator
+    from emolens.extraction.extract import extract_emotions, stream_sites
+    from emolens.extraction.methods import (
+        METHODS,
+        ExtractionData,
+        ExtractionMethod,
+        get_method,
+        register_method,
+    )
+    from emolens.extraction.positions import POLICIES, position_mask

@@ -8,80 +8,89 @@ the study's "steering raises the matching word" check; ``export_control_vector``
 llama.cpp control vector. See docs/steering.md for units, operations, rows and the position
 rules with and without KV cache.
 """
-from emolens.steering.control_vectors import (
-    control_vector_metadata,
-    export_control_vector,
-    import_control_vector,
-    steerings_from_control_vector,
-)
-from emolens.steering.interventions import (
-    OPS,
-    SiteEdit,
-    Steering,
-    SteeringHandle,
-    apply_steering,
-    measure_mean_norm,
-    random_direction,
-    steer,
-)
-from emolens.steering.judges import (
-    JUDGES,
-    DirectionJudge,
-    JudgeInput,
-    register_judge,
-    word_logprobs,
-)
-from emolens.steering.metrics import (
-    DetectionResult,
-    ScoreRules,
-    SteeringScoreResult,
-    detection_auc,
-    steering_score,
-)
-from emolens.steering.positions import POSITION_NAMES, PositionPolicy, PositionTracker
-from emolens.steering.sweep import (
-    EmotionWordTest,
-    emotion_word_test,
-    neutral_kl,
-    neutral_loss,
-    plot_sweep,
-    sweep,
-    sweep_curves,
-    sweep_generations,
-)
+from __future__ import annotations
 
-__all__ = [
-    "JUDGES",
-    "OPS",
-    "POSITION_NAMES",
-    "DetectionResult",
-    "DirectionJudge",
-    "EmotionWordTest",
-    "JudgeInput",
-    "PositionPolicy",
-    "PositionTracker",
-    "ScoreRules",
-    "SiteEdit",
-    "Steering",
-    "SteeringHandle",
-    "SteeringScoreResult",
-    "apply_steering",
-    "control_vector_metadata",
-    "detection_auc",
-    "emotion_word_test",
-    "export_control_vector",
-    "import_control_vector",
-    "measure_mean_norm",
-    "neutral_kl",
-    "neutral_loss",
-    "plot_sweep",
-    "random_direction",
-    "register_judge",
-    "steer",
-    "steering_score",
-    "steerings_from_control_vector",
-    "sweep",
-    "sweep_curves",
-    "sweep_generations",
-    "word_logprobs",
-]
+from typing import TYPE_CHECKING
+
+from emolens._lazy import attach
+
+_NAMES = {
+    "control_vector_metadata": "emolens.steering.control_vectors",
+    "export_control_vector": "emolens.steering.control_vectors",
+    "import_control_vector": "emolens.steering.control_vectors",
+    "steerings_from_control_vector": "emolens.steering.control_vectors",
+    "OPS": "emolens.steering.interventions",
+    "SiteEdit": "emolens.steering.interventions",
+    "Steering": "emolens.steering.interventions",
+    "SteeringHandle": "emolens.steering.interventions",
+    "apply_steering": "emolens.steering.interventions",
+    "measure_mean_norm": "emolens.steering.interventions",
+    "random_direction": "emolens.steering.interventions",
+    "steer": "emolens.steering.interventions",
+    "DirectionJudge": "emolens.steering.judges",
+    "JUDGES": "emolens.steering.judges",
+    "JudgeInput": "emolens.steering.judges",
+    "register_judge": "emolens.steering.judges",
+    "word_logprobs": "emolens.steering.judges",
+    "DetectionResult": "emolens.steering.metrics",
+    "ScoreRules": "emolens.steering.metrics",
+    "SteeringScoreResult": "emolens.steering.metrics",
+    "detection_auc": "emolens.steering.metrics",
+    "steering_score": "emolens.steering.metrics",
+    "POSITION_NAMES": "emolens.steering.positions",
+    "PositionPolicy": "emolens.steering.positions",
+    "PositionTracker": "emolens.steering.positions",
+    "EmotionWordTest": "emolens.steering.sweep",
+    "emotion_word_test": "emolens.steering.sweep",
+    "neutral_kl": "emolens.steering.sweep",
+    "neutral_loss": "emolens.steering.sweep",
+    "plot_sweep": "emolens.steering.sweep",
+    "sweep": "emolens.steering.sweep",
+    "sweep_curves": "emolens.steering.sweep",
+    "sweep_generations": "emolens.steering.sweep",
+}
+__all__ = sorted(_NAMES)
+__getattr__, __dir__ = attach(__name__, _NAMES)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from emolens.steering.control_vectors import (
+        control_vector_metadata,
+        export_control_vector,
+        import_control_vector,
+        steerings_from_control_vector,
+    )
+    from emolens.steering.interventions import (
+        OPS,
+        SiteEdit,
+        Steering,
+        SteeringHandle,
+        apply_steering,
+        measure_mean_norm,
+        random_direction,
+        steer,
+    )
+    from emolens.steering.judges import (
+        JUDGES,
+        DirectionJudge,
+        JudgeInput,
+        register_judge,
+        word_logprobs,
+    )
+    from emolens.steering.metrics import (
+        DetectionResult,
+        ScoreRules,
+        SteeringScoreResult,
+        detection_auc,
+        steering_score,
+    )
+    from emolens.steering.positions import POSITION_NAMES, PositionPolicy, PositionTracker
+    from emolens.steering.sweep import (
+        EmotionWordTest,
+        emotion_word_test,
+        neutral_kl,
+        neutral_loss,
+        plot_sweep,
+        sweep,
+        sweep_curves,
+        sweep_generations,
+    )
