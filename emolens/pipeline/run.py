@@ -58,6 +58,7 @@ class RunContext:
     report: Any = None
     results: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    is_main: bool = True  # False on the other ranks of a torchrun launch
     report_figs: list[Any] = field(default_factory=list)
 
     def log(self, msg: str) -> None:
@@ -99,8 +100,9 @@ def _section_corpus(ctx: RunContext) -> None:
         f"over {summary.get('n_emotions')} emotions and {summary.get('n_topics')} topics, "
         f"{summary.get('neutral')} neutral dialogues, {summary.get('scenarios')} implicit "
         f"scenarios, {summary.get('templates')} dose-response templates. This run uses "
-        f"{len(emotions)} emotions. Each story shows its emotion without naming it; 20% of the "
-        "stories (chosen by a hash of their id) are held out for validation.",
+        f"{len(emotions)} emotions. Each story shows its emotion without naming it; by a hash "
+        "of their id, 10% of the stories are the dev split (it chooses the default layer) and "
+        "another 10% the test split (the figures reported); the rest train.",
         limits="The stories were written for this project, in English, by its authors; the "
                "study used about 1,200 model-written stories per emotion.")
     ctx.report.add_table(corpus.stats().reset_index() if hasattr(corpus.stats(), "reset_index")
@@ -171,13 +173,17 @@ def _section_registry(ctx: RunContext) -> None:
         content = ctx.results.get("model", {}).get("content_key")
         if content:  # the weights the directions came from, beside the folder's path
             reg.metadata.setdefault("model", {})["content_key"] = content
-        reg.save(cached)
+        if ctx.is_main:
+            reg.save(cached)
     ctx.registry = reg
-    reg.save(ctx.config.out / "registry")
-    val = reg.validation
+    if ctx.is_main:
+        reg.save(ctx.config.out / "registry")
+    val = reg.validation  # dev split: it chose the default layer
+    test = val.get("test") or val  # test split: the figures reported
     layers_s = [str(x) for x in reg.layers]
-    acc = [val["accuracy_by_layer"][x] for x in layers_s]
-    shuf = [val.get("shuffled_accuracy_by_layer", {}).get(x, float("nan")) for x in layers_s]
+    acc = [test["accuracy_by_layer"][x] for x in layers_s]
+    shuf = [test.get("shuffled_accuracy_by_layer", {}).get(x, float("nan")) for x in layers_s]
+    dev_acc = [val["accuracy_by_layer"][x] for x in layers_s]
     ctx.results["registry"] = {"path": str(ctx.config.out / "registry"), "layers": reg.layers,
                                "default_layer": reg.default_layer, "emotions": reg.emotions,
                                "method": reg.metadata.get("method"),
@@ -188,9 +194,18 @@ def _section_registry(ctx: RunContext) -> None:
                                "compute_dtype_reason": reg.metadata.get("compute_dtype_reason"),
                                "max_texts_per_emotion": reg.metadata.get("max_texts_per_emotion"),
                                "neutral_dialogues": reg.metadata.get("neutral", {}).get("texts")}
-    ctx.results["validation"] = {**val, "default_layer": reg.default_layer,
-                                 "default_layer_accuracy": val["accuracy_by_layer"][str(reg.default_layer)],
-                                 "max_shuffled_accuracy": max(shuf) if shuf else None}
+    dl = str(reg.default_layer)
+    ctx.results["validation"] = {
+        **val, "default_layer": reg.default_layer,
+        "default_layer_chosen_on": val.get("split", "validation"),
+        "dev_default_layer_accuracy": val["accuracy_by_layer"][dl],
+        "test_split": test.get("split", val.get("split")),
+        "test_default_layer_accuracy": test["accuracy_by_layer"][dl],
+        "test_n_texts": test["n_texts"],
+        "test_max_shuffled_accuracy": max(shuf) if shuf else None,
+        # the headline figures are the test split's (the dev split chose the layer)
+        "default_layer_accuracy": test["accuracy_by_layer"][dl],
+        "max_shuffled_accuracy": max(shuf) if shuf else None}
     from emolens.views import plot_layer_accuracy
 
     ctx.report.add_section(
@@ -199,18 +214,23 @@ def _section_registry(ctx: RunContext) -> None:
         f"'{reg.metadata['positions']}': every token but the attention-sink first token) from the "
         f"training stories; each held-out story is classified by the argmax over "
         f"{len(reg.emotions)} emotions of the centred projection of its mean activation. Chance "
-        f"is {val['chance']:.3f}. The dashed line is the same recipe with training labels "
-        f"shuffled (mean over {len(val.get('shuffled_seeds', [])) or 'no'} permutations, fitted "
-        f"in the same pass): it must sit at chance. Default layer: **{reg.default_layer}** "
-        f"(accuracy {val['accuracy_by_layer'][str(reg.default_layer)]:.3f}, chosen by "
+        f"is {val['chance']:.3f}. The default layer is chosen on the dev split "
+        f"({val['n_texts']} stories) and every figure here is the test split's "
+        f"({test['n_texts']} other stories). The dashed line is the same recipe with training "
+        f"labels shuffled (mean over {len(val.get('shuffled_seeds', [])) or 'no'} permutations, "
+        f"fitted in the same pass): it must sit at chance. Default layer: **{reg.default_layer}** "
+        f"(test accuracy {test['accuracy_by_layer'][dl]:.3f}; dev "
+        f"{val['accuracy_by_layer'][dl]:.3f}, chosen by "
         f"{reg.metadata.get('default_layer_chosen_by')}). Forward passes in "
         f"{reg.metadata.get('compute_dtype') or 'float32'} "
         f"({reg.metadata.get('compute_dtype_reason') or 'the model dtype'}).",
         limits="Held-out stories come from the same authors and style as the training stories, "
                "so this measures generalisation across stories and topics, not across writers.")
-    ctx.report.add_figure(plot_layer_accuracy(reg.layers, acc, chance=val["chance"], shuffled=shuf,
+    ctx.report.add_figure(plot_layer_accuracy(reg.layers, {"test": acc, "dev": dev_acc},
+                                              chance=val["chance"], shuffled=shuf,
                                               chosen=reg.default_layer),
-                          "Held-out accuracy by layer, chance, and the shuffled-label control")
+                          "Held-out accuracy by layer (test split; the dev split chose the layer), "
+                          "chance, and the shuffled-label control (test split)")
 
 
 def _section_geometry(ctx: RunContext) -> None:
@@ -219,7 +239,8 @@ def _section_geometry(ctx: RunContext) -> None:
 
     reg = ctx.registry
     out: dict[str, Any] = {}
-    ratings = {k: (float(v[0]), float(v[1])) for k, v in load_affect_ratings().items()}
+    ratings = load_affect_ratings()
+    out["norms"] = ratings.provenance()
     orient = {"PC1": "happy"} if "happy" in reg.emotions else {}
     pca = G.emotion_pca(reg, orient=orient) if orient else G.emotion_pca(reg)
     out["pca"] = {"layer": reg.default_layer,
@@ -229,9 +250,10 @@ def _section_geometry(ctx: RunContext) -> None:
         f"PCA of the {len(reg.emotions)} emotion vectors at layer {reg.default_layer}: PC1 "
         f"explains {float(pca.explained_variance_ratio[0]):.1%} of their variance, PC2 "
         f"{float(pca.explained_variance_ratio[1]):.1%} (study: 26% and 15% over 171 emotions).",
-        limits="The valence/arousal ratings are approximate values recalled from published norms "
-               "(see emolens/stimuli/data/affect_ratings.json), not the original data files. "
-               "Geometry is correlational: it does not show the model uses these directions.")
+        limits=f"Valence/arousal ratings: {ratings.source} ({ratings.licence}); "
+               f"{sum(e in ratings for e in reg.emotions)} of the {len(reg.emotions)} emotions "
+               "are rated. Geometry is correlational: it does not show the model uses these "
+               "directions.")
     if len(reg.emotions) >= 5:
         try:
             corr = G.affect_correlation(pca, ratings, seed=ctx.config.seed)
@@ -243,7 +265,8 @@ def _section_geometry(ctx: RunContext) -> None:
     from emolens.views import plot_emotion_pca, plot_layer_similarity
 
     ctx.report.add_figure(plot_emotion_pca(pca.coords, pca.emotions,
-                                           valence={e: r[0] for e, r in ratings.items()},
+                                           valence={e: ratings[e][0] for e in pca.emotions
+                                                    if e in ratings},
                                            explained=pca.explained_variance_ratio,
                                            title=f"Emotion directions at {pca.hook}"),
                           "Emotion vectors on PC1 and PC2, coloured by valence rating")
@@ -459,6 +482,29 @@ def _section_steering(ctx: RunContext) -> None:
     ctx.results["steering"] = out
 
 
+def _section_scan(ctx: RunContext) -> None:
+    import emolens
+
+    reg = ctx.registry
+    emos = [e for e in CORE_EMOTIONS if e in reg.emotions] or reg.emotions
+    texts = emolens.load_mixed_texts()
+    res = emolens.top_examples(ctx.model, reg, texts, emotions=emos, k=10,
+                               progress=ctx.config.progress)
+    if ctx.is_main:
+        res.save(ctx.config.out / "scan")
+    ctx.results["scan"] = res.to_dict()
+    ctx.report.add_section(
+        "scan", "Max-activating examples on text that is not emotion stories",
+        f"The {len(texts)} texts of the bundled mixed collection (everyday prose, news, e-mail, "
+        f"reviews, instructions, code, lists, forum posts, facts; composed from hand-written "
+        f"templates) streamed through the readout at layer {reg.default_layer}; the top 10 "
+        f"tokens per emotion with their context. {res.statement()} "
+        "(`emolens.top_examples(model, registry, emolens.load_mixed_texts(), k=10)`.)",
+        limits="A small, template-composed collection: the top examples show what the "
+               "directions respond to in ordinary text, not a survey of a real corpus.")
+    ctx.report.add_html(res.view(n=5), "Top examples of the core emotions")
+
+
 def _section_causality(ctx: RunContext) -> None:
     from emolens.causality.report import RUN_SIZES, run_causality
 
@@ -505,6 +551,7 @@ SECTIONS: dict[str, Callable[[RunContext], None]] = {
     "scenarios": _section_scenarios,
     "dose_response": _section_dose,
     "steering": _section_steering,
+    "scan": _section_scan,
     "causality": _section_causality,
 }
 REQUIRED = ("model", "corpus", "registry")
@@ -531,6 +578,12 @@ def run(config: RunConfig) -> dict[str, Any]:
                                                       "see `emolens run --help`"))
     config.out = check_output_folder(config.out, error=InputError, what="--out")
     ctx = RunContext(config)
+    from emolens.distributed import init_distributed, launched_by_torchrun
+
+    if launched_by_torchrun():  # torchrun: the extraction runs data-parallel on every rank;
+        # rank 0 writes and runs the other sections
+        ctx.is_main = init_distributed().is_main
+        config.progress = config.progress and ctx.is_main
     ctx.report = Report("emolens: emotion directions in "
                         f"{config.model or 'SmolLM2-135M-Instruct (default)'}",
                         intro="Reproduces the checks of Sofroniew, Lindsey et al. (2026), "
@@ -541,7 +594,7 @@ def run(config: RunConfig) -> dict[str, Any]:
     wanted = list(config.sections) if config.sections else list(SECTIONS)
     errors = {}
     for name in SECTIONS:
-        if name not in wanted and name not in REQUIRED:
+        if (name not in wanted or not ctx.is_main) and name not in REQUIRED:
             continue
         t0 = time.perf_counter()
         ctx.log(f"{name} ...")
@@ -558,6 +611,8 @@ def run(config: RunConfig) -> dict[str, Any]:
                           "section_seconds": ctx.timings, "errors": errors,
                           "emolens_version": __import__("emolens").__version__,
                           "machine": _machine()}
+    if not ctx.is_main:
+        return ctx.results
     write_json(config.out / "results.json", ctx.results)
     ctx.report.save(config.out / "report.html")
     ctx.log(f"done in {ctx.results['run']['seconds']} s: {config.out / 'report.html'}")
