@@ -63,7 +63,9 @@ def stream_sites(model: Any, texts: Sequence[TextInput], sites: Sequence[Site],
 
     def make_hook(i: int, site: Site) -> Callable[..., None]:
         def hook(act: torch.Tensor, *, hook: Any) -> None:
-            if not torch.isfinite(act).all():
+            # one reduction instead of an elementwise mask: any NaN or inf makes the sum
+            # non-finite (finite activations cannot overflow a float32 sum at these sizes)
+            if not torch.isfinite(act.float().sum()):
                 raise ExtractionError(
                     f"non-finite activations (NaN or inf) at site {site.name!r} for texts "
                     f"{[str(t)[:40] for t in texts][:3]}...; check the model's dtype and inputs")
@@ -236,13 +238,26 @@ def extract_emotions(model: Any, corpus: Any = None, *, layers: Any = None,
     feat_index: list[int] = []
     feat_rows: list[torch.Tensor] = []
 
-    # ---- pass 1: training texts and neutral dialogues (this rank's shard of each)
-    bar = progress_bar(total=len(local_train.texts) + len(local_neutral), desc="extract",
-                       enabled=progress, unit="text")
+    # held-out texts (dev, then test): when their per-text means fit HELDOUT_BUDGET_BYTES they
+    # are read in pass 1 and scored after the fit without a second forward pass
+    heldout = LabelledTexts(val.texts + test.texts, val.labels + test.labels) \
+        if validate and val.texts else LabelledTexts([], [])
+    keep_heldout = 0 < len(heldout.texts) * len(sites) * d_model * 4 <= HELDOUT_BUDGET_BYTES
+    held_ids = _dist_shard(ctx, model, heldout.texts) if keep_heldout else []
+    local_held = LabelledTexts([heldout.texts[i] for i in held_ids],
+                               [heldout.labels[i] for i in held_ids])
+    held_means = torch.zeros(len(held_ids), len(sites), d_model)
+    held_keep = torch.zeros(len(held_ids), dtype=torch.bool)
+
+    # ---- pass 1: training texts, neutral dialogues, held-out texts (this rank's shard of each)
+    bar = progress_bar(total=len(local_train.texts) + len(local_neutral) + len(local_held.texts),
+                       desc="extract", enabled=progress, unit="text")
     with ctx.guard("extraction pass 1"):
         _pass1(model, local_train, train_ids, local_neutral, sites, acc, control_accs,
                shuffled_labels, moments, policy, batch_size, padding_side, compute_dtype,
                algo.needs_features, feat_rows, feat_labels, feat_index, bar)
+        _heldout_means(model, local_held, sites, policy, batch_size, padding_side,
+                       compute_dtype, held_means, held_keep, bar)
     bar.close()
     ctx.all_reduce_([t for a in (acc, *control_accs) for t in
                      (a.sums, a.counts, a.norm_sum, a.norm_count)]
@@ -267,7 +282,23 @@ def extract_emotions(model: Any, corpus: Any = None, *, layers: Any = None,
 
     # ---- pass 2: held-out accuracy per layer, on dev (chooses) and on test (reports)
     validation: dict[str, Any] = {}
-    if validate and val.texts:
+    if keep_heldout:  # the means were read in pass 1: score them, no forward pass
+        is_dev = torch.tensor([i < len(val.texts) for i in held_ids], dtype=torch.bool)
+        labels = torch.tensor(local_held.labels, dtype=torch.long)
+        for split, rows in (("dev", is_dev), ("test", ~is_dev)):
+            if split == "test" and not test.texts:
+                continue
+            confusion, control_correct = _new_counts(len(sites), len(names), len(controls))
+            _score_heldout(held_means[rows], held_keep[rows], labels[rows], unit, center,
+                           controls, confusion, control_correct)
+            ctx.all_reduce_([confusion, control_correct])
+            fig = {**_validation_figures(sites, len(names), confusion, control_correct,
+                                         controls), "split": split}
+            if split == "dev":
+                validation = fig
+            else:
+                validation["test"] = fig
+    elif validate and val.texts:
         validation = _validate(model, unit, center, sites, names, val, policy, batch_size,
                                progress, padding_side, controls, compute_dtype, ctx)
         validation["split"] = "dev"
@@ -404,8 +435,7 @@ def _validate(model: Any, unit: torch.Tensor, center: torch.Tensor, sites: list[
     ids = shard(ctx, model, val.texts)
     val = LabelledTexts([val.texts[i] for i in ids], [val.labels[i] for i in ids])
     n_cls = len(names)
-    confusion = torch.zeros(len(sites), n_cls, n_cls, dtype=torch.long)
-    control_correct = torch.zeros(len(controls), len(sites), dtype=torch.long)
+    confusion, control_correct = _new_counts(len(sites), n_cls, len(controls))
     bar = progress_bar(total=len(val.texts), desc="validate", enabled=progress, unit="text")
     with ctx.guard("validation"):
         _validation_pass(model, unit, center, sites, val, policy, batch_size, padding_side,
@@ -424,15 +454,59 @@ def _validation_pass(model: Any, unit: torch.Tensor, center: torch.Tensor, sites
         def on_val(i: int, act: torch.Tensor, batch: TokenizedBatch,
                    labels: torch.Tensor = labels) -> None:
             means, keep = masked_means(act, position_mask(batch, policy))
-            means, keep = means.cpu(), keep.cpu()
-            pred = score(means[keep], unit[i], center[i]).argmax(-1)
-            confusion[i].index_put_((labels[keep], pred), torch.ones(len(pred), dtype=torch.long),
-                                    accumulate=True)
-            for k, (cdir, ccenter) in enumerate(controls):
-                cpred = score(means[keep], cdir[i], ccenter[i]).argmax(-1)
-                control_correct[k, i] += int((cpred == labels[keep]).sum())
+            _score_site(i, means.cpu(), keep.cpu(), labels, unit, center, controls, confusion,
+                        control_correct)
 
         stream_sites(model, texts, sites, on_val, padding_side=padding_side,
+                     compute_dtype=compute_dtype)
+        bar.update(len(texts))
+
+
+HELDOUT_BUDGET_BYTES = 256 * 2 ** 20
+"""Held-out per-text means (float32, every site) up to this size are kept from pass 1 and
+scored after the fit (no second forward pass); larger held-out sets are streamed again."""
+
+
+def _new_counts(n_sites: int, n_cls: int, n_controls: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return (torch.zeros(n_sites, n_cls, n_cls, dtype=torch.long),
+            torch.zeros(n_controls, n_sites, dtype=torch.long))
+
+
+def _score_site(i: int, means: torch.Tensor, keep: torch.Tensor, labels: torch.Tensor,
+                unit: torch.Tensor, center: torch.Tensor,
+                controls: Sequence[tuple[torch.Tensor, torch.Tensor]], confusion: torch.Tensor,
+                control_correct: torch.Tensor) -> None:
+    """Classify texts' mean activations at site ``i`` by the one scoring rule; add the counts."""
+    pred = score(means[keep], unit[i], center[i]).argmax(-1)
+    confusion[i].index_put_((labels[keep], pred), torch.ones(len(pred), dtype=torch.long),
+                            accumulate=True)
+    for k, (cdir, ccenter) in enumerate(controls):
+        cpred = score(means[keep], cdir[i], ccenter[i]).argmax(-1)
+        control_correct[k, i] += int((cpred == labels[keep]).sum())
+
+
+def _score_heldout(means: torch.Tensor, keep: torch.Tensor, labels: torch.Tensor,
+                   unit: torch.Tensor, center: torch.Tensor,
+                   controls: Sequence[tuple[torch.Tensor, torch.Tensor]], confusion: torch.Tensor,
+                   control_correct: torch.Tensor) -> None:
+    for i in range(means.shape[1]):
+        _score_site(i, means[:, i], keep, labels, unit, center, controls, confusion,
+                    control_correct)
+
+
+def _heldout_means(model: Any, held: LabelledTexts, sites: list[Site], policy: str,
+                   batch_size: int, padding_side: str, compute_dtype: torch.dtype | None,
+                   out: torch.Tensor, keep: torch.Tensor, bar: Any) -> None:
+    """Per-text means ``[text, site, d_model]`` of ``held`` into ``out`` (rows in ``held``'s
+    order); ``keep``: texts with at least one position under the policy."""
+    for texts, _, idx in _batches(held, batch_size):
+        def on_held(i: int, act: torch.Tensor, batch: TokenizedBatch,
+                    idx: torch.Tensor = idx) -> None:
+            means, has = masked_means(act, position_mask(batch, policy))
+            out[idx, i] = means.float().cpu()
+            keep[idx] = has.cpu()
+
+        stream_sites(model, texts, sites, on_held, padding_side=padding_side,
                      compute_dtype=compute_dtype)
         bar.update(len(texts))
 

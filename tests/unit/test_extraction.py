@@ -318,3 +318,42 @@ def test_max_texts_per_emotion_caps_training_texts(tiny):
                           atol=1e-5)
     with pytest.raises(InputError, match="max_texts_per_emotion"):
         extract_emotions(tiny, TEXTS, layers=[2], progress=False, max_texts_per_emotion=0)
+
+
+def test_heldout_scored_from_pass_one_equals_a_second_pass(tiny, monkeypatch):
+    """Held-out means kept from pass 1 (no second forward) give the same validation figures as
+    streaming the held-out texts again after the fit (the path for held-out sets too large to
+    keep)."""
+    from emolens.extraction import extract as ex
+    from emolens.stimuli import Corpus
+
+    words = {"sunny": ["sun", "warm", "bright", "light", "summer", "glow"],
+             "stormy": ["rain", "thunder", "dark", "wind", "storm", "cold"],
+             "quiet": ["still", "hush", "soft", "silent", "calm", "slow"]}
+    corpus = Corpus.from_records(
+        [{"id": f"{e}-{i}", "kind": "story", "emotion": e,
+          "text": f"the {ws[i % 6]} and the {ws[(i + 1) % 6]} came back, {ws[(i + 2) % 6]} day"}
+         for e, ws in words.items() for i in range(30)], forbidden={})
+    calls: list[int] = []
+    real = ex.stream_sites
+
+    def counting(model, texts, *a, **k):
+        calls.append(len(texts))
+        return real(model, texts, *a, **k)
+
+    monkeypatch.setattr(ex, "stream_sites", counting)
+    kw = dict(layers=[1, 3], max_texts_per_emotion=4, progress=False, neutral=[], batch_size=8)
+    kept = extract_emotions(tiny, corpus, **kw)
+    n_kept = sum(calls)
+    calls.clear()
+    monkeypatch.setattr(ex, "HELDOUT_BUDGET_BYTES", 0)
+    streamed = extract_emotions(tiny, corpus, **kw)
+    n_streamed = sum(calls)
+    held = kept.validation["n_texts"] + kept.validation["test"]["n_texts"]
+    assert held > 0 and kept.validation["test"]["n_texts"] > 0
+    assert n_kept == n_streamed == 12 + held  # each text is read exactly once either way
+    for key in ("accuracy_by_layer", "shuffled_accuracy_by_layer", "confusion_best_layer",
+                "n_texts"):
+        assert kept.validation[key] == streamed.validation[key], key
+        assert kept.validation["test"][key] == streamed.validation["test"][key], key
+    assert kept.validation["split"] == "dev" and kept.validation["test"]["split"] == "test"
