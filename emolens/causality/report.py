@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -162,7 +162,8 @@ def dose_figure(res: BehaviourResult) -> Any:
 
 def run_causality(model: Any, registry: Any, *, quick: bool = True, layer: int | None = None,
                   seed: int = 0, progress: bool = False, raise_errors: bool = False,
-                  sizes: dict[str, Any] | None = None, strict: bool = True
+                  sizes: dict[str, Any] | None = None, strict: bool = True,
+                  behaviours: Sequence[str] = ("shortcut", "preferences", "dose_response")
                   ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run every causal and behavioural analysis; return (sections, figures).
 
@@ -171,7 +172,9 @@ def run_causality(model: Any, registry: Any, *, quick: bool = True, layer: int |
     rest still run (``raise_errors=True`` re-raises instead). ``sizes`` overrides entries of
     ``QUICK_SIZES`` / ``FULL_SIZES`` (e.g. ``{"preference_pairs": 400}``); ``emolens run``
     passes ``RUN_SIZES`` with ``quick=False``. ``strict``: the registry's model check
-    (``EmotionRegistry.check_model``), run first and passed to every part.
+    (``EmotionRegistry.check_model``), run first and passed to every part. ``behaviours``: which
+    behaviour experiments run (``emolens run`` reports the dose-response in its own section
+    and leaves it out here, so it is computed once).
     """
     registry.check_model(model, strict=strict)
     size = dict(QUICK_SIZES if quick else FULL_SIZES)
@@ -327,7 +330,8 @@ def run_causality(model: Any, registry: Any, *, quick: bool = True, layer: int |
         figures["behaviour_dose_response"] = dose_figure(res)
         return res.summary
 
-    part(beh, "shortcut", shortcut)
-    part(beh, "preferences", preferences)
-    part(beh, "dose_response", dose)
+    for key, fn in (("shortcut", shortcut), ("preferences", preferences),
+                    ("dose_response", dose)):
+        if key in behaviours:
+            part(beh, key, fn)
     return {"causality": caus, "behaviour": beh}, figures

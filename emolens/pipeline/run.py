@@ -59,7 +59,6 @@ class RunContext:
     results: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     is_main: bool = True  # False on the other ranks of a torchrun launch
-    report_figs: list[Any] = field(default_factory=list)
 
     def log(self, msg: str) -> None:
         if self.config.progress:
@@ -338,43 +337,28 @@ def _section_scenarios(ctx: RunContext) -> None:
 
 
 def _section_dose(ctx: RunContext) -> None:
-    from emolens.readout import read_emotions
-    from emolens.stats import spearman
-    from emolens.views import plot_dose_response
+    from emolens.causality import dose_response
+    from emolens.causality.report import dose_figure
 
     reg = ctx.registry
-    out = []
-    for t in ctx.corpus.templates:
-        expected = {e: d for e, d in t.expected.items() if e in reg.emotions}
-        if not expected:
-            continue
-        convs = [[{"role": "user", "content": p}] for p in t.prompts()]
-        ro = read_emotions(ctx.model, reg, convs, batch_size=ctx.config.batch_size)
-        at = ro.at_reply()
-        vals = [float(v) for v in t.values]
-        scores = {e: at[:, reg.emotion_index(e)].tolist() for e in expected}
-        rec = {"id": t.id, "text": t.text, "values": vals, "expected": expected, "scores": scores,
-               "spearman": {}}
-        for e, s in scores.items():
-            rec["spearman"][e] = spearman(vals, s, seed=ctx.config.seed).value
-        rec["agree"] = {e: (rec["spearman"][e] > 0) == (d == "up") for e, d in expected.items()}
-        out.append(rec)
-        ctx.report_figs.append((plot_dose_response(vals, scores, expected=expected,
-                                                   log_x=min(vals) > 0 and max(vals) / min(vals) > 50,
-                                                   title=t.id), t.text))
-    agree = [a for r in out for a in r["agree"].values()]
-    ctx.results["dose_response"] = {"templates": out, "checks": len(agree),
-                                    "agree": int(sum(agree)),
-                                    "agree_share": (sum(agree) / len(agree)) if agree else None}
+    res = dose_response(ctx.model, reg, templates=list(ctx.corpus.templates),
+                        seed=ctx.config.seed, progress=ctx.config.progress)
+    s = res.summary
+    ctx.results["dose_response"] = s
+    rate = s["same_sign_rate"] or {}
     ctx.report.add_section(
         "dose_response", "Dose-response templates",
         f"Templates where only a number changes (e.g. a painkiller dose), read at the reply-"
-        f"opening token. The expected direction (up/down as the number grows) holds for "
-        f"{int(sum(agree))} of {len(agree)} (template, emotion) checks (Spearman sign).",
-        limits="A handful of values per template; no interval is given for a single template.")
-    for fig, cap in ctx.report_figs:
-        ctx.report.add_figure(fig, cap)
-    ctx.report_figs.clear()
+        f"opening token (layer {s['layer']}). For each expected (template, emotion) pair, the "
+        f"Spearman correlation of the readout with log(value): {s['n_same_sign']} of "
+        f"{s['n_expectations']} have the expected sign (rate {rate.get('value', float('nan')):.2f}, "
+        f"95% Clopper-Pearson {rate.get('low', float('nan')):.2f} to "
+        f"{rate.get('high', float('nan')):.2f}; chance 0.5); {s['n_confirmed']} with a "
+        "bootstrap interval excluding 0. (`emolens.causality.dose_response(model, registry, "
+        "templates=corpus.templates)`.)",
+        limits="A handful of values per template, so single-template intervals are wide.")
+    ctx.report.add_figure(dose_figure(res), "Readout against the template's number, per "
+                          "template; expected direction marked")
 
 
 def _steer_prompts() -> list[Any]:
@@ -508,7 +492,9 @@ def _section_scan(ctx: RunContext) -> None:
 def _section_causality(ctx: RunContext) -> None:
     from emolens.causality.report import RUN_SIZES, run_causality
 
+    # the dose-response has its own section (computed once, there)
     sections, figures = run_causality(ctx.model, ctx.registry, quick=ctx.config.quick,
+                                      behaviours=("shortcut", "preferences"),
                                       sizes=None if ctx.config.quick else RUN_SIZES,
                                       seed=ctx.config.seed, progress=ctx.config.progress)
     ctx.results.update(sections)
@@ -525,7 +511,7 @@ def _section_causality(ctx: RunContext) -> None:
         if not name.startswith("behaviour"):
             ctx.report.add_figure(fig, name.replace("_", " "))
     ctx.report.add_section(
-        "behaviour", "Behaviour: shortcuts under pressure, preferences, dose-response",
+        "behaviour", "Behaviour: shortcuts under pressure, preferences",
         str(beh.get("statement", "Answer-logit experiments; see results.json['behaviour'].")),
         limits="Scored from answer-letter logits of a 135M model; no judge model.")
     for name, fig in figures.items():

@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.integration]
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("EMOLENS_TEST_ARTIFACTS", ROOT / "test-artifacts"))
 SECTIONS = ("model", "corpus", "registry", "validation", "geometry", "scenarios",
-            "dose_response", "steering", "causality", "behaviour")
+            "dose_response", "steering", "scan", "causality", "behaviour")
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +59,20 @@ def test_quick_main_job_runs_every_section(quick_run: tuple[Path, dict]) -> None
 
     sc = r["scenarios"]
     assert len(sc["matrix"]) == len(sc["rows"]) and len(sc["matrix"][0]) == len(reg.emotions)
-    assert 0 <= sc["diagonal_hits"] <= sc["n_rows"]
+    # the reported counts are the ones the reported matrices give
+    hits = sum(max(range(len(row)), key=row.__getitem__) == sc["columns"].index(e)
+               for e, row in zip(sc["rows"], sc["matrix"]) if e in sc["columns"])
+    assert sc["diagonal_hits"] == hits and sc["n_rows"] == len(sc["rows"])
     wt = r["steering"]["emotion_word_test"]
-    assert wt["n_emotions"] == 6 and 0 <= wt["hits"] <= 6
+    own = [e for e, row in wt["deltas"].items() if max(row, key=row.get) == e]
+    assert wt["n_emotions"] == 6 and wt["hits"] == len(own) and wt["hit_emotions"] == own
+    assert all((m > 0) == (e in own) for e, m in wt["own_minus_best_other"].items())
+    dose = r["dose_response"]
+    assert dose["n_same_sign"] == sum(c.get("same_sign", False) for c in dose["checks"])
+    assert "dose_response" not in r["behaviour"]  # computed once, in its own section
+    assert r["validation"]["test_n_texts"] > 0 and r["validation"]["default_layer_chosen_on"] == "dev"
+    scan = r["scan"]
+    assert set(scan["emotions"]) <= set(reg.emotions) and scan["n_texts"] > 500
     sweep = r["steering"]["valence_sweep"]
     assert len(sweep["per_strength"]) >= 5
     assert r["behaviour"]["shortcut"]["n_scenarios"] >= 1
