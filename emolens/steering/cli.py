@@ -131,9 +131,8 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps(steering.describe()))
         return 0
     if action == "sweep":
-        from emolens.steering.sweep import plot_sweep, sweep
-
         from emolens.steering.prompts import OPEN_PROMPTS, as_chats
+        from emolens.steering.sweep import plot_sweep, sweep
 
         prompts = as_chats(args.prompts or list(OPEN_PROMPTS[:3]))
         df = sweep(model, reg, args.emotion, args.strengths, prompts, layer=args.layer,
