@@ -109,7 +109,7 @@ near-tie)."""
     from emolens.registry import EmotionRegistry
     from emolens.sites import resolve_sites
     from emolens.steering import Steering, random_direction
-    from emolens.steering.sweep import sweep_generations
+    from emolens.steering.sweeps import sweep_generations
 
     sites = resolve_sites(model, [layer])
     vec = random_direction(int(model.cfg.d_model), seed=0)

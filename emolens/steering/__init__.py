@@ -40,14 +40,14 @@ _NAMES = {
     "POSITION_NAMES": "emolens.steering.positions",
     "PositionPolicy": "emolens.steering.positions",
     "PositionTracker": "emolens.steering.positions",
-    "EmotionWordTest": "emolens.steering.sweep",
-    "emotion_word_test": "emolens.steering.sweep",
-    "neutral_kl": "emolens.steering.sweep",
-    "neutral_loss": "emolens.steering.sweep",
-    "plot_sweep": "emolens.steering.sweep",
-    "sweep": "emolens.steering.sweep",
-    "sweep_curves": "emolens.steering.sweep",
-    "sweep_generations": "emolens.steering.sweep",
+    "EmotionWordTest": "emolens.steering.sweeps",
+    "emotion_word_test": "emolens.steering.sweeps",
+    "neutral_kl": "emolens.steering.sweeps",
+    "neutral_loss": "emolens.steering.sweeps",
+    "plot_sweep": "emolens.steering.sweeps",
+    "sweep": "emolens.steering.sweeps",
+    "sweep_curves": "emolens.steering.sweeps",
+    "sweep_generations": "emolens.steering.sweeps",
 }
 __all__ = sorted(_NAMES)
 __getattr__, __dir__ = attach(__name__, _NAMES)
@@ -84,7 +84,7 @@ if TYPE_CHECKING:  # pragma: no cover
         steering_score,
     )
     from emolens.steering.positions import POSITION_NAMES, PositionPolicy, PositionTracker
-    from emolens.steering.sweep import (
+    from emolens.steering.sweeps import (
         EmotionWordTest,
         emotion_word_test,
         neutral_kl,

@@ -132,7 +132,7 @@ def main(args: argparse.Namespace) -> int:
         return 0
     if action == "sweep":
         from emolens.steering.prompts import OPEN_PROMPTS, as_chats
-        from emolens.steering.sweep import plot_sweep, sweep
+        from emolens.steering.sweeps import plot_sweep, sweep
 
         prompts = as_chats(args.prompts or list(OPEN_PROMPTS[:3]))
         df = sweep(model, reg, args.emotion, args.strengths, prompts, layer=args.layer,
@@ -148,7 +148,7 @@ def main(args: argparse.Namespace) -> int:
     if action == "word-test":
         from emolens.io import write_json
         from emolens.steering.prompts import NEUTRAL_STATEMENTS
-        from emolens.steering.sweep import emotion_word_test
+        from emolens.steering.sweeps import emotion_word_test
 
         res = emotion_word_test(model, reg, args.emotions, strength=args.strength,
                                 prompts=args.prompts or list(NEUTRAL_STATEMENTS), layer=args.layer,

@@ -5,7 +5,7 @@ from three independent judgements (AxBench), and the anti-steerable fraction (Ta
   texts, one emotion against the rest (AxBench's concept detection; difference of means gave
   about 0.94-0.95 there). A random unit direction per emotion, read the same way, is the
   placebo (about 0.5 expected).
-- ``steering_score``: generate from each prompt at each strength (``emolens.steering.sweep``)
+- ``steering_score``: generate from each prompt at each strength (``emolens.steering.sweeps``)
   and judge every generation three times, none of them reading the steered direction:
 
   * concept (does the text show the emotion): the ``emotion_words`` judge's reading under the
@@ -576,7 +576,7 @@ def steering_score(model: Any, registry: Any, emotion: str,
     words of the concept judge (default the registry's emotions). See the module docstring for
     the judges and the rule.
     """
-    from emolens.steering.sweep import sweep
+    from emolens.steering.sweeps import sweep
 
     if emotion not in registry.emotions:
         from emolens.errors import unknown_name_message

@@ -486,7 +486,7 @@ def test_word_logprobs_sum_every_token_of_the_word(tiny):
 def test_sweep_table_and_plot(tiny, reg):
     from emolens.generation import generate
     from emolens.steering.judges import DirectionJudge
-    from emolens.steering.sweep import plot_sweep, sweep
+    from emolens.steering.sweeps import plot_sweep, sweep
 
     prompts = ["Once upon a time", [{"role": "user", "content": "How are you?"}]]
     judge = DirectionJudge(random_direction(64, seed=9), 2, name="probe")
@@ -514,7 +514,7 @@ def test_sweep_table_and_plot(tiny, reg):
 
 def test_emotion_word_test_matches_a_manual_delta(tiny, reg):
     from emolens.steering.judges import question_context, word_logprobs
-    from emolens.steering.sweep import emotion_word_test
+    from emolens.steering.sweeps import emotion_word_test
 
     prompts = ["The meeting is at noon.", "Water boils at 100 degrees."]
     emos = ["calm", "happy"]
@@ -536,7 +536,7 @@ def test_emotion_word_test_matches_a_manual_delta(tiny, reg):
 
 
 def test_neutral_loss_and_kl(tiny, reg):
-    from emolens.steering.sweep import neutral_kl, neutral_loss
+    from emolens.steering.sweeps import neutral_kl, neutral_loss
 
     texts = ["The train leaves at nine.", [{"role": "user", "content": "List three colours."},
                                            {"role": "assistant", "content": "Red, green, blue."}]]
@@ -724,7 +724,7 @@ def _loop_sweep(model, registry, emotion, strengths, prompts, *, judges, max_new
 
     from emolens.generation import generate
     from emolens.steering.judges import JudgeInput, resolve_judges
-    from emolens.steering.sweep import _prompt_label, sequence_perplexity
+    from emolens.steering.sweeps import _prompt_label, sequence_perplexity
 
     rows, gens = [], []
     for s in strengths:
@@ -770,7 +770,7 @@ def test_batched_sweep_equals_one_generate_per_strength(fixture, positions, batc
     import pandas as pd
 
     from emolens.steering.judges import DirectionJudge
-    from emolens.steering.sweep import sweep, sweep_generations
+    from emolens.steering.sweeps import sweep, sweep_generations
 
     model = request.getfixturevalue(fixture)
     layer = 2
@@ -807,7 +807,7 @@ def test_batched_sweep_equals_one_generate_per_strength(fixture, positions, batc
 
 
 def test_sweep_batch_size_is_checked(tiny, reg):
-    from emolens.steering.sweep import sweep
+    from emolens.steering.sweeps import sweep
 
     with pytest.raises(emolens.errors.InputError, match="batch_size=0"):
         sweep(tiny, reg, "calm", [0.0], ["x"], batch_size=0, progress=False)
@@ -815,7 +815,7 @@ def test_sweep_batch_size_is_checked(tiny, reg):
 
 def test_batched_word_test_equals_one_forward_per_emotion(tiny, reg):
     from emolens.steering.judges import question_context, word_logprobs
-    from emolens.steering.sweep import emotion_word_test
+    from emolens.steering.sweeps import emotion_word_test
 
     prompts = ["The meeting is at noon.", [{"role": "user", "content": "List three colours."}],
                "Water boils at 100 degrees."]
