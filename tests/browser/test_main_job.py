@@ -37,12 +37,12 @@ def test_quick_main_job_runs_every_section(quick_run: tuple[Path, dict]) -> None
         assert key in r and "error" not in r[key], (key, r.get(key))
     assert json.loads((out / "results.json").read_text())["validation"] == \
         json.loads(json.dumps(r["validation"]))
-    from emolens.hardware import resolve_compute_dtype
+    from emolens.hardware import cpu_features, resolve_compute_dtype
 
-    auto = resolve_compute_dtype("auto", device="cpu")  # what this machine's CPU runs natively
+    auto = resolve_compute_dtype("auto", device="cpu")  # what auto picks on this machine
     assert r["registry"]["compute_dtype"] == auto.name
     assert r["registry"]["compute_dtype_reason"] == auto.reason
-    assert r["run"]["machine"]["cpu"]["native_bf16"] == (auto.name == "bfloat16")
+    assert r["run"]["machine"]["cpu"]["native_bf16"] == cpu_features().native_bf16
     assert r["registry"]["max_texts_per_emotion"] == 16
 
     val = r["validation"]
