@@ -186,16 +186,23 @@ def _rows_steered(model: Any, steerings: Sequence[Any] | None, row_ctx: list[int
 
 
 # ---------------------------------------------------------------------------- judges
-def emotion_words_judge(inp: JudgeInput) -> dict[str, list[float]]:
-    """Log-probability share of the target emotion word after a "how do they feel" question,
-    under the unsteered model (see the module docstring)."""
+def emotion_word_logprobs(inp: JudgeInput) -> tuple[torch.Tensor, int, torch.Tensor]:
+    """Under the unsteered model, after a "how do they feel" question on each generation:
+    ``(lp, t, share)``: ``[generation, word]`` log-probabilities of the candidate words (the
+    target emotion appended if missing), the target's column, and its log-probability share."""
     words = list(inp.words)
     if inp.emotion not in words:
         words.append(inp.emotion)
     contexts = [question_context(inp.model, p, r) for p, r in zip(inp.prompts, inp.replies)]
     lp = word_logprobs(inp.model, contexts, words)
     t = words.index(inp.emotion)
-    share = lp[:, t] - torch.logsumexp(lp, dim=-1)
+    return lp, t, lp[:, t] - torch.logsumexp(lp, dim=-1)
+
+
+def emotion_words_judge(inp: JudgeInput) -> dict[str, list[float]]:
+    """Log-probability share of the target emotion word after a "how do they feel" question,
+    under the unsteered model (see the module docstring)."""
+    lp, t, share = emotion_word_logprobs(inp)
     return {"emotion_words": share.tolist(), "emotion_words_logp": lp[:, t].tolist()}
 
 

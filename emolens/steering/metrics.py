@@ -52,7 +52,10 @@ from jaxtyping import Bool, Float
 
 from emolens.errors import InputError, SteeringError
 from emolens.stats import Estimate, bootstrap_ci, mean_estimate
-from emolens.steering.judges import JudgeInput, question_context, word_logprobs
+from emolens.steering.judges import (
+    JudgeInput,
+    emotion_word_logprobs,
+)
 
 
 # ---------------------------------------------------------------------------- ROC-AUC
@@ -286,13 +289,7 @@ def concept_judge(inp: JudgeInput) -> dict[str, list[float]]:
     """The target word's log-probability share after the "how do they feel" question under the
     unsteered model (``concept_share``) and its rank among the candidate words
     (``concept_rank``, 1 = most probable)."""
-    words = list(inp.words)
-    if inp.emotion not in words:
-        words.append(inp.emotion)
-    contexts = [question_context(inp.model, p, r) for p, r in zip(inp.prompts, inp.replies)]
-    lp = word_logprobs(inp.model, contexts, words)
-    t = words.index(inp.emotion)
-    share = lp[:, t] - torch.logsumexp(lp, dim=-1)
+    lp, t, share = emotion_word_logprobs(inp)
     rank = (lp > lp[:, t:t + 1]).sum(-1) + 1
     return {"concept_share": share.tolist(), "concept_rank": rank.float().tolist()}
 
