@@ -9,6 +9,7 @@ _NAMES = {
     "ClassMeanAccumulator": "emolens.extraction.accumulator",
     "MomentAccumulator": "emolens.extraction.accumulator",
     "extract_emotions": "emolens.extraction.extract",
+    "fit_directions": "emolens.extraction.extract",
     "stream_sites": "emolens.extraction.extract",
     "ExtractionData": "emolens.extraction.methods",
     "ExtractionMethod": "emolens.extraction.methods",
@@ -23,7 +24,7 @@ __getattr__, __dir__ = attach(__name__, _NAMES)
 
 if TYPE_CHECKING:  # pragma: no cover
     from emolens.extraction.accumulator import ClassMeanAccumulator, MomentAccumulator
-    from emolens.extraction.extract import extract_emotions, stream_sites
+    from emolens.extraction.extract import extract_emotions, fit_directions, stream_sites
     from emolens.extraction.methods import (
         METHODS,
         ExtractionData,

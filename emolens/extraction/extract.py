@@ -352,6 +352,20 @@ def _pass1(model: Any, train: LabelledTexts, train_ids: torch.Tensor,
             bar.update(len(chunk))
 
 
+def fit_directions(algo: ExtractionMethod, data: ExtractionData
+                   ) -> tuple[Float[torch.Tensor, "site cls d_model"],
+                              Float[torch.Tensor, "site d_model"]]:
+    """Unit directions and the stimulus centre (the mean over classes of the class means) from
+    ``data`` with ``algo``: the one fit behind ``extract_emotions`` and every re-fit on a subset
+    of stories (``emolens.compare.bank.StoryBank``)."""
+    dirs = algo.fit(data)
+    if not torch.isfinite(dirs).all():
+        raise ExtractionError(f"method {algo.name!r} produced non-finite directions")
+    unit = dirs / dirs.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+    center = data.class_means.mean(1).float()  # [site, d_model]: the mean over emotions
+    return unit, center
+
+
 def _fit(algo: ExtractionMethod, method: Any, method_params: dict[str, Any], sites: list[Site],
          names: list[str], acc: ClassMeanAccumulator, control_accs: list[ClassMeanAccumulator],
          shuffled_labels: list[torch.Tensor], moments: MomentAccumulator | None,
@@ -362,11 +376,7 @@ def _fit(algo: ExtractionMethod, method: Any, method_params: dict[str, Any], sit
     data = ExtractionData(sites, names, acc.class_means(), acc.counts,
                           moments.covariance() if moments is not None else None,
                           features, torch.tensor(feat_labels) if features is not None else None)
-    dirs = algo.fit(data)
-    if not torch.isfinite(dirs).all():
-        raise ExtractionError(f"method {algo.name!r} produced non-finite directions")
-    unit = dirs / dirs.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-    center = data.class_means.mean(1).float()  # [site, d_model]: the mean over emotions
+    unit, center = fit_directions(algo, data)
     controls: list[tuple[torch.Tensor, torch.Tensor]] = []
     for control, shuffled in zip(control_accs, shuffled_labels):
         cdata = ExtractionData(sites, names, control.class_means(), control.counts,
