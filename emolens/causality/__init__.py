@@ -17,7 +17,7 @@ Results are data; ``emolens.views`` draws them (``plot_patching_map``, ``plot_pa
 ``plot_component_writes``, ``plot_interval_lines``, ``plot_preferences``, ``plot_dose_panels``).
 See docs/causality.md for methods and for what each result does and does not establish.
 """
-from emolens.causality._common import CausalityError, position_mask
+from emolens.causality._common import CausalityError
 from emolens.causality.ab import (
     Activity,
     BehaviourResult,
@@ -78,6 +78,7 @@ from emolens.causality.patching import (
 from emolens.causality.preferences import preference_experiment
 from emolens.causality.report import run_causality
 from emolens.causality.shortcut import shortcut_curves, shortcut_experiment
+from emolens.positions import position_mask
 
 __all__ = [
     "AblationResult",

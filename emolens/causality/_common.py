@@ -1,19 +1,19 @@
-"""Helpers shared by the causality modules: inputs, positions, token ids, a hooked forward.
+"""Helpers shared by the causality modules: inputs, paired positions, token ids, a hooked forward.
 
-Batching, progress bars and the model's device come from ``emolens.runtime``."""
+Position names and masks come from ``emolens.positions`` (the one vocabulary); batching, progress
+bars and the model's device from ``emolens.runtime``."""
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
 import torch
-from jaxtyping import Bool, Int
 
 from emolens.errors import CausalityError, InputError
+from emolens.positions import PositionSpec, position_mask
 from emolens.runtime import model_device
 from emolens.tokens import TokenizedBatch, to_inputs
 
-PositionSpec = str | int | Sequence[int] | torch.Tensor
 TokenSpec = str | int | Sequence[str | int] | torch.Tensor
 
 
@@ -44,72 +44,6 @@ def slice_batch(batch: TokenizedBatch, idx: slice | torch.Tensor) -> TokenizedBa
                           batch.reply_pos[idx], texts, batch.padding_side)
 
 
-def last_pos(batch: TokenizedBatch) -> Int[torch.Tensor, " batch"]:
-    """Index of each row's last real token."""
-    width = batch.tokens.shape[1]
-    flipped = batch.attention_mask.flip(-1).int().argmax(-1)
-    return (width - 1 - flipped).long()
-
-
-def reply_or_last(batch: TokenizedBatch) -> Int[torch.Tensor, " batch"]:
-    """The reply-opening token for chat rows, else the last real token."""
-    last = last_pos(batch)
-    return torch.where(batch.reply_pos >= 0, batch.reply_pos, last)
-
-
-def position_mask(batch: TokenizedBatch, spec: PositionSpec) -> Bool[torch.Tensor, "batch pos"]:
-    """A ``[batch, pos]`` boolean mask of the positions ``spec`` names, real tokens only.
-
-    ``spec``: ``"reply"`` (reply-opening token, or last token for plain text), ``"last"``,
-    ``"all"`` (every real token), ``"content"`` (real tokens except the attention sink), an int
-    or list of ints (k-th real token of each row; negative counts from the row's end), a
-    ``[batch]`` integer tensor (one absolute index per row) or a ``[batch, pos]`` boolean mask.
-    """
-    n, width = batch.tokens.shape
-    mask = torch.zeros(n, width, dtype=torch.bool)
-    rows = torch.arange(n)
-    real = batch.attention_mask.bool()
-    if isinstance(spec, str):
-        if spec == "reply":
-            mask[rows, reply_or_last(batch)] = True
-        elif spec == "last":
-            mask[rows, last_pos(batch)] = True
-        elif spec == "all":
-            mask = real.clone()
-        elif spec == "content":
-            mask = batch.content_mask.clone()
-        else:
-            raise CausalityError(f"positions {spec!r} is not one of 'reply', 'last', 'all', "
-                                 "'content'; or pass ints, a [batch] index tensor or a mask")
-        return mask
-    if isinstance(spec, torch.Tensor):
-        if spec.dtype == torch.bool:
-            if tuple(spec.shape) != (n, width):
-                raise CausalityError(f"position mask has shape {tuple(spec.shape)}, the batch is "
-                                     f"{(n, width)}")
-            return spec.cpu() & real
-        if spec.ndim == 1 and spec.numel() == n:
-            idx = spec.long().cpu()
-            if (idx < 0).any() or (idx >= width).any():
-                raise CausalityError(f"position indices {idx.tolist()} fall outside 0..{width - 1}")
-            mask[rows, idx] = True
-            return mask & real
-        spec = [int(v) for v in spec.flatten().tolist()]
-    if isinstance(spec, int):
-        spec = [spec]
-    lengths = batch.lengths
-    first = batch.first_pos
-    for k in spec:
-        for r in range(n):
-            ln = int(lengths[r])
-            j = k if k >= 0 else ln + k
-            if not 0 <= j < ln:
-                raise CausalityError(f"position {k} does not exist in row {r} ({ln} tokens); "
-                                     "use an index within every row")
-            mask[r, int(first[r]) + j] = True
-    return mask
-
-
 def paired_positions(source: TokenizedBatch, target: TokenizedBatch, spec: PositionSpec
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Matched (row, target position, source position) triples for a position spec.
@@ -125,7 +59,7 @@ def paired_positions(source: TokenizedBatch, target: TokenizedBatch, spec: Posit
         if t_idx.numel() != s_idx.numel():
             raise CausalityError(
                 f"pair {r}: positions {spec!r} select {s_idx.numel()} source and {t_idx.numel()} "
-                "target tokens; use 'reply'/'last'/ints for pairs of different lengths, or "
+                "target tokens; use 'reply_or_last'/'last'/ints for pairs of different lengths, or "
                 "token-aligned prompts")
         if t_idx.numel() == 0:
             raise CausalityError(f"pair {r}: positions {spec!r} select no token")

@@ -24,8 +24,9 @@ from typing import Any
 import pandas as pd
 import torch
 
-from emolens.causality._common import CausalityError, reply_or_last, slice_batch, token_ids
+from emolens.causality._common import CausalityError, slice_batch, token_ids
 from emolens.io import read_jsonl
+from emolens.positions import reply_or_last
 from emolens.runtime import batches, model_device, progress_bar, rows_per_chunk
 from emolens.stats import Estimate
 from emolens.tokens import TokenizedBatch

@@ -25,12 +25,8 @@ from typing import Any
 import pandas as pd
 import torch
 
-from emolens.causality._common import (
-    CausalityError,
-    PositionSpec,
-    as_batch,
-    position_mask,
-)
+from emolens.causality._common import CausalityError, as_batch
+from emolens.positions import PositionSpec, position_mask
 from emolens.runtime import model_device
 from emolens.tokens import TokenizedBatch
 

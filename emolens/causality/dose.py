@@ -13,8 +13,9 @@ from typing import Any
 import pandas as pd
 import torch
 
-from emolens.causality._common import reply_or_last, slice_batch
+from emolens.causality._common import slice_batch
 from emolens.causality.ab import BehaviourResult, est_dict
+from emolens.positions import reply_or_last
 from emolens.runtime import batches, model_device, progress_bar, rows_per_chunk
 from emolens.scoring import project
 from emolens.stats import pearson, spearman

@@ -17,13 +17,8 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 
-from emolens.causality._common import (
-    CausalityError,
-    PositionSpec,
-    TokenSpec,
-    position_mask,
-    token_ids,
-)
+from emolens.causality._common import CausalityError, TokenSpec, token_ids
+from emolens.positions import PositionSpec, position_mask
 from emolens.scoring import score
 from emolens.tokens import TokenizedBatch
 
@@ -97,7 +92,7 @@ def _gather_pos(x: torch.Tensor, batch: TokenizedBatch, pos: PositionSpec) -> to
     mask = position_mask(batch, pos)
     if not bool((mask.sum(-1) == 1).all()):
         raise CausalityError(f"metric position {pos!r} must select exactly one token per row "
-                             "(use 'reply', 'last', an int or a [batch] index tensor)")
+                             "(use 'reply_or_last', 'reply', 'last', an int or a [batch] index tensor)")
     idx = mask.int().argmax(-1).to(x.device)
     return x[torch.arange(x.shape[0], device=x.device), idx]
 
@@ -112,9 +107,10 @@ def _set_logit(logits_at: torch.Tensor, ids: list[int] | torch.Tensor, rows: tor
     return logits_at[:, ids].logsumexp(-1)
 
 
-def logit_diff(tokens_a: TokenSpec, tokens_b: TokenSpec, *, pos: PositionSpec = "reply"
+def logit_diff(tokens_a: TokenSpec, tokens_b: TokenSpec, *, pos: PositionSpec = "reply_or_last"
                ) -> Metric:
-    """``logit(a) - logit(b)`` at one position per prompt (default: the reply-opening token).
+    """``logit(a) - logit(b)`` at one position per prompt (default ``"reply_or_last"``: the
+    reply-opening token of a chat, the last token of plain text; see ``emolens.positions``).
 
     A string or id names one token; a list names a set of alternatives (combined by
     log-sum-exp, e.g. ``["A", " A"]``); a ``[batch]`` integer tensor gives one token per row.
@@ -134,7 +130,7 @@ def logit_diff(tokens_a: TokenSpec, tokens_b: TokenSpec, *, pos: PositionSpec = 
 
 
 def answer_prob(token_ids_: TokenSpec, *, among: TokenSpec | None = None,
-                pos: PositionSpec = "reply") -> Metric:
+                pos: PositionSpec = "reply_or_last") -> Metric:
     """Probability of a token set at one position per prompt.
 
     Without ``among``: the full-vocabulary softmax mass of the set. With ``among`` (a list of
@@ -162,7 +158,7 @@ def answer_prob(token_ids_: TokenSpec, *, among: TokenSpec | None = None,
 
 
 def readout_at(registry: Any, layer: int | str | None, emotion: str | Mapping[str, float],
-               pos: PositionSpec = "reply") -> Metric:
+               pos: PositionSpec = "reply_or_last") -> Metric:
     """The readout of that emotion probe after the intervention: the centred projection
     (``emolens.scoring``) of the residual at ``registry.site(layer)`` onto the emotion's unit
     vector (or a weighted mix of emotions), at one position per prompt."""
@@ -183,7 +179,7 @@ def readout_at(registry: Any, layer: int | str | None, emotion: str | Mapping[st
 
 
 def kl_to_reference(reference: Float[torch.Tensor, "batch d_vocab"], *,
-                    pos: PositionSpec = "reply") -> Metric:
+                    pos: PositionSpec = "reply_or_last") -> Metric:
     """KL(reference || model) at one position per prompt, in nats (``reference``: logits, one
     row per prompt of the whole experiment)."""
     ref = reference.float().log_softmax(-1)

@@ -30,14 +30,9 @@ from transformer_lens.tools.analysis.interchange import (
     random_basis,
 )
 
-from emolens.causality._common import (
-    CausalityError,
-    PositionSpec,
-    as_batch,
-    paired_positions,
-    slice_batch,
-)
+from emolens.causality._common import CausalityError, as_batch, paired_positions, slice_batch
 from emolens.causality.metrics import Metric, MetricFn, as_metric
+from emolens.positions import PositionSpec
 from emolens.runtime import batches, model_device, progress_bar, rows_per_chunk
 from emolens.sites import Site, resolve_site
 from emolens.stats import Estimate, mean_estimate, paired_difference
@@ -264,7 +259,7 @@ def patch_direction(
     emotions: Sequence[str | Mapping[str, float]] | str | None = None,
     layer: int | str | None = None,
     sites: Any = None,
-    positions: PositionSpec = "reply",
+    positions: PositionSpec = "reply_or_last",
     n_placebo: int = 8,
     include_full: bool = True,
     seed: int = 0,
@@ -284,7 +279,8 @@ def patch_direction(
         metric: a ``Metric`` (``logit_diff``, ``answer_prob``, ``readout_at``, ...) or
             ``f(logits, batch) -> [batch]``.
         sites: hook names / layers to patch at (default: the registry's site at ``layer``).
-        positions: ``"reply"`` (default: reply-opening token, or last token), ``"last"``,
+        positions: ``"reply_or_last"`` (default: reply-opening token of chats, last token of
+            plain text), ``"reply"`` (chats only), ``"last"``,
             ``"all"`` (token-aligned pairs only), ints, or a mask; see ``position_mask``.
         n_placebo: random subspaces (same rank, seeds ``seed .. seed + n_placebo - 1``), each
             moved exactly as far as the real patch moves each token.

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from emolens import views
-from emolens.causality._common import CausalityError, as_batch, forward, reply_or_last
+from emolens.causality._common import CausalityError, as_batch, forward
 from emolens.causality.ab import QUANT_NOTE, BehaviourResult, load_shortcut_scenarios
 from emolens.causality.attribution import direction_attribution, direction_logit_effects
 from emolens.causality.dose import dose_response
@@ -27,6 +27,7 @@ from emolens.causality.metrics import contrast_tokens, logit_diff
 from emolens.causality.patching import DirectionPatchResult, patch_direction
 from emolens.causality.preferences import preference_experiment
 from emolens.causality.shortcut import shortcut_experiment, shortcut_prompt
+from emolens.positions import reply_or_last
 from emolens.stimuli.emotions import CORE_EMOTIONS
 
 POSITIVE = ("happy", "inspired", "loving", "proud", "calm")

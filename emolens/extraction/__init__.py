@@ -16,8 +16,8 @@ _NAMES = {
     "METHODS": "emolens.extraction.methods",
     "get_method": "emolens.extraction.methods",
     "register_method": "emolens.extraction.methods",
-    "POLICIES": "emolens.extraction.positions",
-    "position_mask": "emolens.extraction.positions",
+    "POLICIES": "emolens.positions",
+    "position_mask": "emolens.positions",
 }
 __all__ = sorted(_NAMES)
 __getattr__, __dir__ = attach(__name__, _NAMES)
@@ -32,4 +32,4 @@ if TYPE_CHECKING:  # pragma: no cover
         get_method,
         register_method,
     )
-    from emolens.extraction.positions import POLICIES, position_mask
+    from emolens.positions import POLICIES, position_mask

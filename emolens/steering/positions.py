@@ -9,6 +9,10 @@ each forward call of the model's inner module (``model.original_model`` on a
 it reads the input ids, the cache length (``past_key_values``) and the attention mask, and turns
 them into absolute *columns*.
 
+The names are those of ``emolens.positions.GENERATION_NAMES`` (the one position vocabulary);
+integer indices and boolean masks mean what they mean there (indices count from each row's first
+real token, negative ones back from the end of the prompt).
+
 Conventions (see docs/steering.md):
 
 - column: index into the padded sequence the model sees (prompt columns, pads included, then one
@@ -34,8 +38,9 @@ import torch
 from jaxtyping import Bool
 
 from emolens.errors import SteeringError
+from emolens.positions import GENERATION_NAMES, NAMES
 
-POSITION_NAMES = ("all", "prompt", "generated")
+POSITION_NAMES = tuple(GENERATION_NAMES)
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,12 @@ def parse_positions(positions: Any) -> PositionPolicy:
         if positions not in POSITION_NAMES:
             from emolens.errors import unknown_name_message
 
+            if positions in NAMES or positions.startswith("from:"):
+                raise SteeringError(
+                    f"positions={positions!r} names positions of a finished batch (extraction, "
+                    "readouts, causality); a steering hook runs while the model generates and "
+                    f"takes {', '.join(map(repr, POSITION_NAMES))}, a list of token indices "
+                    "(-1 = the last prompt token) or a boolean mask [batch, pos]")
             raise SteeringError(unknown_name_message(
                 "positions", positions, POSITION_NAMES,
                 "or pass a list of token indices or a boolean mask [batch, pos]"))

@@ -13,12 +13,7 @@ from matplotlib.figure import Figure
 from transformer_lens import patching as tlp
 
 import emolens.causality as C
-from emolens.causality._common import (
-    CausalityError,
-    paired_positions,
-    position_mask,
-    slice_batch,
-)
+from emolens.causality._common import CausalityError, paired_positions, slice_batch
 from emolens.causality.patching import make_interventions
 from emolens.causality.report import (
     direction_patch_figure,
@@ -28,6 +23,7 @@ from emolens.causality.report import (
     shortcut_figure,
 )
 from emolens.errors import InputError
+from emolens.positions import position_mask
 from emolens.registry import EmotionRegistry
 from emolens.sites import Site
 from emolens.tokens import to_inputs
@@ -294,11 +290,12 @@ def test_positions(tiny):
     m = position_mask(b, "last")
     assert m.sum(-1).tolist() == [1, 1, 1]
     assert m[0, lengths[0] - 1] and m[1, lengths[1] - 1]
-    assert position_mask(b, "reply")[2, int(b.reply_pos[2])]
+    assert position_mask(b, "reply_or_last")[2, int(b.reply_pos[2])]
+    assert position_mask(b, "reply_or_last")[0, lengths[0] - 1]
     assert position_mask(b, "all").sum() == b.attention_mask.sum()
     assert position_mask(b, "content").sum() == b.attention_mask.sum() - 3
     assert position_mask(b, [0, -1]).sum(-1).tolist() == [2, 2, 2]
-    with pytest.raises(CausalityError, match="does not exist"):
+    with pytest.raises(InputError, match="does not exist"):
         position_mask(b, 5)
     with pytest.raises(CausalityError, match="not one of"):
         position_mask(b, "middle")
