@@ -54,8 +54,10 @@ __all__ = [
 
 
 def _vec(x: ArrayLike, name: str = "x") -> torch.Tensor:
-    t = torch.from_numpy(np.array(x.detach().cpu() if isinstance(x, torch.Tensor) else x,
-                                  dtype=np.float64))
+    if isinstance(x, torch.Tensor):
+        t = x.detach().cpu().to(torch.float64)
+    else:
+        t = torch.from_numpy(np.array(x, dtype=np.float64))
     if t.ndim != 1:
         raise StatsError(f"{name} must be one-dimensional (one value per item), got shape "
                          f"{tuple(t.shape)}; flatten it or pass one row")

@@ -225,7 +225,7 @@ def summarise(per_item: pd.DataFrame, *, seed: int = 0
     if "unsteered" not in piv.columns:
         raise CausalityError("per_item needs an 'unsteered' condition")
     if rand_cols:
-        piv["random"] = piv[rand_cols].mean(1)
+        piv["random"] = piv[rand_cols].mean(axis=1)
     conds = [c for c in piv.columns if c != "unsteered" and not str(c).startswith("random:")]
     rows, ests = [], {}
     for meas in sorted(per_item.measure.unique()):

@@ -110,9 +110,9 @@ def test_resid_mid_patch_restores_clean_where_it_must(request, fixture):
     assert got.shape == (model.cfg.n_layers, clean.shape[1])
     # the metric reads the last position; after resid_mid of the last block only that
     # position's MLP follows, so patching it there gives the clean metric exactly
-    assert float(got[-1, -1]) == pytest.approx(float(_metric(clean_logits)), abs=1e-4)
+    assert float(got[-1, -1]) == pytest.approx(float(_metric(clean_logits.detach())), abs=1e-4)
     # the first token is the same in both prompts: patching it changes nothing
-    corrupt_value = float(_metric(model(corrupt)))
+    corrupt_value = float(_metric(model(corrupt)).detach())
     assert torch.allclose(got[:, 0], torch.full_like(got[:, 0], corrupt_value), atol=1e-4)
     # an earlier position at the last block cannot reach the last position any more
     assert float(got[-1, 1]) == pytest.approx(corrupt_value, abs=1e-4)
@@ -297,7 +297,7 @@ def test_positions(tiny):
     assert position_mask(b, [0, -1]).sum(-1).tolist() == [2, 2, 2]
     with pytest.raises(InputError, match="does not exist"):
         position_mask(b, 5)
-    with pytest.raises(CausalityError, match="not one of"):
+    with pytest.raises(InputError, match="unknown position policy 'middle'"):
         position_mask(b, "middle")
     left = to_inputs(tiny, ["abc", "abcdef"], padding_side="left")
     assert position_mask(left, 0).int().argmax(-1).tolist() == left.first_pos.tolist()
