@@ -6,15 +6,15 @@ layer, steer with them, and test whether they are causal. Heavy modules load on 
 """
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from emolens._lazy import attach
 from emolens.errors import EmolensError
 
 __version__ = "0.1.0"
 
 # public name -> module that defines it (imported on first attribute access)
-_LAZY: dict[str, str] = {
+_NAMES: dict[str, str] = {
     "load_model": "emolens.models",
     "install_model": "emolens.models.install",
     "catalogue": "emolens.models.catalogue",
@@ -69,27 +69,13 @@ _LAZY: dict[str, str] = {
     "steering_score": "emolens.steering",
     "reply_emotion_prediction": "emolens.readout",
 }
-_LAZY_MODULES = ("compare", "distributed", "testing", "errors", "sites", "tokens", "models", "compat",
-                 "io", "geometry", "extraction", "readout", "stimuli", "views", "pipeline", "registry",
-                 "steering", "causality", "generation", "stats")
+_MODULES = ("compare", "distributed", "testing", "errors", "sites", "tokens", "models", "compat",
+            "io", "geometry", "extraction", "readout", "stimuli", "views", "pipeline", "registry",
+            "steering", "causality", "generation", "stats", "positions")
 
-# ``compare`` is a callable package: ``emolens.compare(models=[...])``
-__all__ = ["EmolensError", "__version__", "compare", *sorted(_LAZY)]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        module = importlib.import_module(_LAZY[name])
-        value = getattr(module, name)
-        globals()[name] = value
-        return value
-    if name in _LAZY_MODULES:
-        return importlib.import_module(f"emolens.{name}")
-    raise AttributeError(f"module 'emolens' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+# ``compare`` is a package and callable: ``emolens.compare(models=[...])`` (docs/compare.md)
+__all__ = ["EmolensError", "__version__", "compare", *sorted(_NAMES)]
+__getattr__, __dir__ = attach(__name__, _NAMES, _MODULES)
 
 
 if TYPE_CHECKING:  # pragma: no cover

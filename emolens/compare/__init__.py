@@ -3,10 +3,16 @@
 ``compare(models=[...], corpus)`` (``emolens compare --models A B --out DIR``): per model,
 test-split accuracy and the shuffled control, PC1/PC2 explained variance and their correlation
 with published norms; between models, RSA (``rsa``, ``registry_rsa``). See docs/compare.md.
+
+The package is callable: ``emolens.compare(...)`` is ``emolens.compare.compare(...)``
+(``emolens._lazy.attach(call=...)``). Names load lazily: ``emolens compare --help`` imports no
+torch.
 """
-import sys
-import types
-from typing import TYPE_CHECKING, Any
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from emolens._lazy import attach
 
 _NAMES = {
     "CPU_EMOTIONS": "emolens.compare.core",
@@ -20,30 +26,8 @@ _NAMES = {
     "registry_rsa": "emolens.compare.similarity",
     "rsa": "emolens.compare.similarity",
 }
-__all__ = ["CPU_EMOTIONS", "PRESETS", "ComparisonResult", "Preset", "RSAResult", "compare",
-           "cosine_matrix", "measure_registry", "registry_rsa", "rsa"]
-
-
-def __getattr__(name: str) -> Any:
-    # lazy: ``emolens compare --help`` must not import torch
-    if name in _NAMES:
-        import importlib
-
-        return getattr(importlib.import_module(_NAMES[name]), name)
-    raise AttributeError(f"module 'emolens.compare' has no attribute {name!r}")
-
-
-class _CallableModule(types.ModuleType):
-    """``emolens.compare`` is this package once any of its submodules is imported (Python sets
-    the attribute on the parent), so the package itself forwards calls to ``compare``."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from emolens.compare.core import compare
-
-        return compare(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+__all__ = sorted(_NAMES)
+__getattr__, __dir__ = attach(__name__, _NAMES, call="compare")
 
 if TYPE_CHECKING:  # pragma: no cover
     from emolens.compare.core import (

@@ -5,10 +5,9 @@ Names load lazily (``emolens.readout.read_emotions`` imports torch only when fir
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from emolens._lazy import attach
 
-_LAZY = {
+_NAMES = {
     "Evaluation": "emolens.readout.evaluation",
     "evaluate": "emolens.readout.evaluation",
     "load_labelled": "emolens.readout.evaluation",
@@ -29,16 +28,5 @@ _LAZY = {
     "reply_emotion_prediction": "emolens.readout.reply_prediction",
     "user_last_positions": "emolens.readout.reply_prediction",
 }
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'emolens.readout' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__all__ = sorted(_NAMES)
+__getattr__, __dir__ = attach(__name__, _NAMES)
