@@ -10,6 +10,7 @@ held-out text without keeping activations around.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -132,8 +133,9 @@ def extract_emotions(model: Any, corpus: Any = None, *, layers: Any = None,
                      method: str | ExtractionMethod = "mean_diff", positions: str = "content",
                      batch_size: int = 16, emotions: Sequence[str] | None = None,
                      neutral: Sequence[TextInput] | None = None, validate: bool = True,
-                     default_layer: int | None = None, shuffle_labels: int | None = None,
-                     shuffled_control: bool | int = True,
+                     default_layer: int | None = None,
+                     label_permutation_seed: int | None = None,
+                     shuffled_control: bool | int = True, shuffle_labels: int | None = None,
                      family: str = "emotion", name: str | None = None, progress: bool = True,
                      padding_side: str = "right", compute_dtype: torch.dtype | str | None = "auto",
                      max_texts_per_emotion: int | None = None,
@@ -155,12 +157,17 @@ def extract_emotions(model: Any, corpus: Any = None, *, layers: Any = None,
         neutral: neutral texts/dialogues for denoising (default: the corpus's neutral dialogues).
         validate: measure held-out accuracy per layer on the corpus's validation split.
         default_layer: fix the registry's default layer (default: best validation accuracy).
-        shuffle_labels: a seed to permute training labels (build a control registry).
-        shuffled_control: also fit directions on training labels permuted with seeds
-            0..K-1 in the same passes (no extra forward; ``True``: K = 5, an int: that K) and
-            report their held-out accuracy per layer beside the real one: the mean over the K
-            permutations (``validation["shuffled_accuracy_by_layer"]``, which must sit at
-            chance) and each permutation's (``"shuffled_accuracy_by_seed"``).
+        label_permutation_seed: fit *this* registry on training labels permuted with this seed,
+            so the whole registry is a null control (recorded as
+            ``metadata["shuffled_labels_seed"]``; its held-out accuracy should sit at chance).
+            Default None: the real labels.
+        shuffled_control: keep the real fit and also fit directions on training labels
+            permuted with seeds 0..K-1 in the same passes (no extra forward; ``True``: K = 5, an
+            int: that K) and report their held-out accuracy per layer beside the real one: the
+            mean over the K permutations (``validation["shuffled_accuracy_by_layer"]``, which
+            must sit at chance) and each permutation's (``"shuffled_accuracy_by_seed"``).
+            Seed k of this control scores as ``label_permutation_seed=k`` does.
+        shuffle_labels: deprecated name of ``label_permutation_seed`` (a DeprecationWarning).
         compute_dtype: the dtype of the forward passes (``emolens.hardware``): ``"auto"``
             (default) runs them under bf16 autocast only where the hardware has native bf16 (a
             CPU with AVX512-BF16 or AMX, a CUDA device with bf16) and in the model's own dtype
@@ -184,6 +191,16 @@ def extract_emotions(model: Any, corpus: Any = None, *, layers: Any = None,
     and the mean residual norm at each site (the steering unit).
     """
     t0 = time.perf_counter()
+    if shuffle_labels is not None:
+        warnings.warn("extract_emotions(shuffle_labels=) is deprecated: pass the same seed as "
+                      "label_permutation_seed= (shuffled_control= is the separate in-pass "
+                      "control)", DeprecationWarning, stacklevel=2)
+        if label_permutation_seed is not None and label_permutation_seed != shuffle_labels:
+            raise ExtractionError(f"shuffle_labels={shuffle_labels!r} and label_permutation_seed="
+                                  f"{label_permutation_seed!r} disagree; pass only "
+                                  "label_permutation_seed")
+        label_permutation_seed = shuffle_labels
+    shuffle_labels = label_permutation_seed  # the name the passes below use
     policy = validate_policy(positions)
     check_positive_int(batch_size, "batch_size")
     check_positive_int(max_texts_per_emotion, "max_texts_per_emotion", allow_none=True)

@@ -262,7 +262,7 @@ def test_validation_accuracy_and_shuffled_control(tiny):
     per_seed = []
     for k in range(5):
         shuffled = extract_emotions(tiny, Small(), layers=[0, 1], progress=False,
-                                    shuffle_labels=k, shuffled_control=False)
+                                    label_permutation_seed=k, shuffled_control=False)
         assert shuffled.metadata["shuffled_labels_seed"] == k
         assert "shuffled_accuracy_by_layer" not in shuffled.validation
         assert shuffled.validation["accuracy_by_layer"] == val["shuffled_accuracy_by_seed"][str(k)]

@@ -1,0 +1,37 @@
+"""extract_emotions's label-permutation options: ``label_permutation_seed`` (the registry itself
+is a null control) and its deprecated name ``shuffle_labels``."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from emolens.errors import ExtractionError
+from emolens.extraction import extract_emotions
+
+TEXTS = {
+    "sunny": ["the sun is warm and bright today", "we laughed in the sunny park",
+              "bright light on a summer day", "a warm breeze and clear sky"],
+    "stormy": ["thunder cracked over the dark sea", "the storm tore the roof away",
+               "cold rain hammered the windows", "lightning split the old oak"],
+}
+
+
+def _fit(model, **kw):
+    return extract_emotions(model, TEXTS, layers=[1], progress=False, neutral=[], **kw)
+
+
+def test_permutation_seed_permutes_and_the_old_name_is_an_alias(tiny):
+    real = _fit(tiny)
+    permuted = _fit(tiny, label_permutation_seed=3)
+    assert permuted.metadata["shuffled_labels_seed"] == 3
+    assert real.metadata["shuffled_labels_seed"] is None
+    assert not torch.allclose(real.matrix(1), permuted.matrix(1))
+    with pytest.warns(DeprecationWarning, match="label_permutation_seed="):
+        old = _fit(tiny, shuffle_labels=3)
+    assert torch.equal(old.matrix(1), permuted.matrix(1))
+    assert old.metadata["shuffled_labels_seed"] == 3
+
+
+def test_the_two_names_must_agree(tiny):
+    with pytest.warns(DeprecationWarning), pytest.raises(ExtractionError, match="disagree"):
+        _fit(tiny, shuffle_labels=1, label_permutation_seed=2)
