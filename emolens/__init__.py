@@ -29,6 +29,7 @@ _NAMES: dict[str, str] = {
     "TokenizedBatch": "emolens.tokens",
     "EmotionRegistry": "emolens.registry",
     "extract_emotions": "emolens.extraction",
+    "extract_speaker_emotions": "emolens.extraction",
     "register_method": "emolens.extraction",
     "read_emotions": "emolens.readout",
     "Readout": "emolens.readout",

@@ -11,6 +11,9 @@ _NAMES = {
     "extract_emotions": "emolens.extraction.extract",
     "fit_directions": "emolens.extraction.extract",
     "stream_sites": "emolens.extraction.extract",
+    "SpeakerCosines": "emolens.extraction.speakers",
+    "extract_speaker_emotions": "emolens.extraction.speakers",
+    "speaker_story_cosines": "emolens.extraction.speakers",
     "ExtractionData": "emolens.extraction.methods",
     "ExtractionMethod": "emolens.extraction.methods",
     "METHODS": "emolens.extraction.methods",
@@ -31,5 +34,10 @@ if TYPE_CHECKING:  # pragma: no cover
         ExtractionMethod,
         get_method,
         register_method,
+    )
+    from emolens.extraction.speakers import (
+        SpeakerCosines,
+        extract_speaker_emotions,
+        speaker_story_cosines,
     )
     from emolens.positions import POLICIES, position_mask

@@ -17,19 +17,24 @@ from emolens.stimuli.corpus import (
     split_of,
 )
 from emolens.stimuli.mixed import load_mixed_records, load_mixed_texts, mixed_texts_path
+from emolens.stimuli.speakers import Dialogue, DialogueSet, dialogues_from_records, load_dialogues
 from emolens.stimuli.text import ForbiddenMatcher, NearDuplicateIndex, shingles, word_count
 
 __all__ = [
     "AffectRatings",
     "Corpus",
+    "Dialogue",
+    "DialogueSet",
     "ForbiddenMatcher",
     "GenerationSummary",
     "NearDuplicateIndex",
     "Record",
     "available_corpora",
+    "dialogues_from_records",
     "generate_stories",
     "load_affect_ratings",
     "load_corpus",
+    "load_dialogues",
     "load_mixed_records",
     "load_mixed_texts",
     "mixed_texts_path",
