@@ -104,6 +104,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("the offline model catalogue: list, install", "emolens.models_cli:"),
     "compare": ("compare emotion geometry and accuracy across models; writes a report",
                 "emolens.compare.cli:"),
+    "controls": ("is it the model or the stimuli? split-half, lexical baselines, learning "
+                 "curves", "emolens.compare.controls_cli:"),
     "steer": ("steered generation, dose-response sweeps, the word test, llama.cpp export",
               "emolens.steering.cli:"),
     "extract": ("build a registry from a corpus and save it (torchrun: data parallel)",

@@ -180,7 +180,22 @@ def emotion_pca(registry: EmotionRegistry, layer: LayerArg = None,
     variance are only defined up to a rotation; no sign rule fixes that.
     """
     _, site = _resolve(registry, layer)
-    x = registry.matrix(site.layer).double()
+    return vectors_pca(registry.matrix(site.layer), registry.emotions, n_components,
+                       orient=orient, layer=site.layer, hook=site.name)
+
+
+def vectors_pca(vectors: Float[torch.Tensor, "emotion d"], emotions: Sequence[str],
+                n_components: int | None = None, *, orient: Mapping[str, str] | None = None,
+                layer: int = -1, hook: str = "") -> EmotionPCA:
+    """``emotion_pca`` of any ``[n_emotions, d]`` matrix of emotion vectors (rows in
+    ``emotions`` order): a registry's directions, or those of a baseline that is not a model
+    site (the TF-IDF vectors of ``emolens.compare.controls``). ``layer``/``hook`` label the
+    result. Same centring, SVD and sign convention as ``emotion_pca``."""
+    x = torch.as_tensor(vectors).double()
+    names = list(emotions)
+    if x.ndim != 2 or x.shape[0] != len(names):
+        raise InputError(f"vectors must be [n_emotions, d] with one row per emotion "
+                         f"({len(names)}), got {tuple(x.shape)}")
     n_e, d = x.shape
     if n_e < 2:
         raise InputError(f"PCA needs at least 2 emotions; the registry has {n_e}")
@@ -194,12 +209,11 @@ def emotion_pca(registry: EmotionRegistry, layer: LayerArg = None,
     _, s, vh = torch.linalg.svd(xc, full_matrices=False)
     total = float((s ** 2).sum())
     if total <= 1e-24:
-        raise InputError(f"the {n_e} emotion vectors at {site.name} are identical: no variance "
-                         "to decompose")
+        raise InputError(f"the {n_e} emotion vectors at {hook or 'these vectors'} are "
+                         "identical: no variance to decompose")
     comps = vh[:k].clone()
     coords = xc @ comps.T
-    anchors = _check_orient(orient or {}, registry.emotions, k)
-    names = registry.emotions
+    anchors = _check_orient(orient or {}, names, k)
     orientation: dict[str, str] = {}
     for j in range(k):
         col = coords[:, j]
@@ -216,7 +230,7 @@ def emotion_pca(registry: EmotionRegistry, layer: LayerArg = None,
     var = (s[:k] ** 2) / (n_e - 1)
     return EmotionPCA(
         components=comps.float(), explained_variance_ratio=((s[:k] ** 2) / total).float(),
-        coords=coords.float(), emotions=names, layer=site.layer, hook=site.name,
+        coords=coords.float(), emotions=names, layer=layer, hook=hook,
         mean=mean.float(), explained_variance=var.float(), orientation=orientation)
 
 

@@ -52,6 +52,28 @@ def _upper(m: torch.Tensor) -> torch.Tensor:
     return m[..., i, j]
 
 
+def rsa_rho(sim_a: Float[torch.Tensor, "emotion emotion"],
+            sim_b: Float[torch.Tensor, "emotion emotion"]) -> float:
+    """The RSA score alone: Spearman rho of the two matrices' upper triangles (each emotion
+    pair once), no interval (``rsa`` adds the bootstrap and the permutation p)."""
+    if sim_a.shape != sim_b.shape or sim_a.ndim != 2 or sim_a.shape[0] != sim_a.shape[1]:
+        raise InputError(f"similarity matrices must be square and the same shape, got "
+                         f"{tuple(sim_a.shape)} and {tuple(sim_b.shape)}")
+    ua, ub = _upper(sim_a.double()), _upper(sim_b.double())
+    return float(_pearson_last(_rank_rows(ua), _rank_rows(ub)))
+
+
+def partial_rsa_rho(sim_a: Float[torch.Tensor, "emotion emotion"],
+                    sim_b: Float[torch.Tensor, "emotion emotion"],
+                    sim_c: Float[torch.Tensor, "emotion emotion"]) -> float:
+    """Partial Spearman rho of ``sim_a`` and ``sim_b`` given ``sim_c`` (each over the upper
+    triangle): how much of two geometries' agreement is left once a third (a lexical baseline)
+    is accounted for, ``(r_ab - r_ac r_bc) / sqrt((1 - r_ac^2)(1 - r_bc^2))``."""
+    r_ab, r_ac, r_bc = rsa_rho(sim_a, sim_b), rsa_rho(sim_a, sim_c), rsa_rho(sim_b, sim_c)
+    den = ((1 - r_ac ** 2) * (1 - r_bc ** 2)) ** 0.5
+    return float("nan") if den <= 1e-12 else (r_ab - r_ac * r_bc) / den
+
+
 @dataclass(frozen=True)
 class RSAResult:
     """Spearman rho of two models' off-diagonal cosine similarities, with interval and p."""
@@ -92,7 +114,7 @@ def rsa(sim_a: Float[torch.Tensor, "emotion emotion"],
         raise InputError(f"confidence must be in (0, 1), got {confidence}")
     a, b = sim_a.double(), sim_b.double()
     ua, ub = _upper(a), _upper(b)
-    rho = float(_pearson_last(_rank_rows(ua), _rank_rows(ub)))
+    rho = rsa_rho(a, b)
 
     gen = derive_generator(seed, "emolens-rsa", "boot")
     draws = []

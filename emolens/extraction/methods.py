@@ -18,7 +18,7 @@ group ``emolens.methods`` (``name = "pkg.module:factory"``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -42,6 +42,24 @@ class ExtractionData:
     neutral_cov: Float[torch.Tensor, "site d_model d_model"] | None = None
     features: Float[torch.Tensor, "text site d_model"] | None = None
     labels: Int[torch.Tensor, " text"] | None = None
+    axes_cache: dict[tuple[str, float], tuple[torch.Tensor, int]] | None = field(
+        default=None, repr=False)
+
+    def neutral_axes(self, site: int, variance: float
+                     ) -> tuple[Float[torch.Tensor, "d_model k"], int]:
+        """``neutral_projector`` of the neutral covariance at ``site``. ``axes_cache`` (a
+        dict the caller owns, keyed by site name and variance) keeps the eigendecomposition
+        across fits that share the neutral text: many re-fits on subsets of stories
+        (``emolens.compare.bank``) then pay for it once."""
+        if self.neutral_cov is None:
+            raise ExtractionError("no neutral covariance to take axes from")
+        key = (self.sites[site].name, float(variance))
+        if self.axes_cache is not None and key in self.axes_cache:
+            return self.axes_cache[key]
+        out = neutral_projector(self.neutral_cov[site], variance)
+        if self.axes_cache is not None:
+            self.axes_cache[key] = out
+        return out
 
 
 @runtime_checkable
@@ -85,7 +103,7 @@ class MeanDiff:
         if data.neutral_cov is not None and self.neutral_variance > 0:
             out = []
             for s in range(v.shape[0]):
-                u, k = neutral_projector(data.neutral_cov[s], self.neutral_variance)
+                u, k = data.neutral_axes(s, self.neutral_variance)
                 out.append(v[s] - (v[s] @ u) @ u.T)
                 self.removed_.append(k)
             v = torch.stack(out)
