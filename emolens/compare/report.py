@@ -34,6 +34,16 @@ def _errbar(ax: Any, xs: np.ndarray, vals: list[float], cis: list[list[float]], 
                 capsize=3, **kw)
 
 
+def _legend(ax: Any) -> None:
+    """A legend only when something carries a label (no matplotlib warning on empty axes)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+
+
+def _empty(ax: Any, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=8)
+
+
 def ladder_accuracy_figure(models: list[dict[str, Any]]) -> Any:
     fig, ax = _fig()
     have = [m for m in models if "test" in m]
@@ -53,7 +63,7 @@ def ladder_accuracy_figure(models: list[dict[str, Any]]) -> Any:
     ax.set_ylim(0, 1.02)
     ax.set_title("Emotion classification on the test split, by model size")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _legend(ax)
     return fig
 
 
@@ -74,7 +84,7 @@ def depth_accuracy_figure(models: list[dict[str, Any]]) -> Any:
     ax.set_ylim(0, 1.02)
     ax.set_title("Test accuracy against relative depth")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _legend(ax)
     return fig
 
 
@@ -86,18 +96,24 @@ def ladder_geometry_figure(models: list[dict[str, Any]]) -> Any:
     xs = _x(models)
     for k in ("PC1", "PC2"):
         ev = [m["geometry"]["explained_variance"][k] for m in models]
-        _errbar(ax1, xs, [e["value"] for e in ev], [e["ci"] for e in ev], label=k)
+        # the sample share is biased upward at small n: plot the bias-corrected share with its
+        # basic bootstrap interval, the sample share hollow beside it
+        _errbar(ax1, xs, [e.get("bias_corrected", e["value"]) for e in ev],
+                [e["ci"] for e in ev], label=f"{k} (bias-corrected, 95% basic CI)")
+        ax1.plot(xs, [e["value"] for e in ev], "o", mfc="none", color=ax1.lines[-1].get_color()
+                 if ax1.lines else None, label=f"{k} sample share")
     ax1.set_xscale("log")
     ax1.set_xlabel("parameters")
     ax1.set_ylabel("share of variance over emotions")
     ax1.set_title("PC1 / PC2 explained variance (default layer)")
     ax1.grid(alpha=0.3)
-    ax1.legend(fontsize=7)
+    _legend(ax1)
     have = [m for m in models if "affect" in m["geometry"]]
     xa = _x(have)
     for key, label in (("valence", "PC1 ~ valence"), ("arousal", "PC2 ~ arousal")):
-        _errbar(ax2, xa, [m["geometry"]["affect"][f"{key}_r"] for m in have],
-                [m["geometry"]["affect"][f"{key}_ci"] for m in have], label=label)
+        if have:
+            _errbar(ax2, xa, [m["geometry"]["affect"][f"{key}_r"] for m in have],
+                    [m["geometry"]["affect"][f"{key}_ci"] for m in have], label=label)
     _label_points(ax2, xa, [m["geometry"]["affect"]["valence_r"] for m in have],
                   [m["name"] for m in have])
     ax2.axhline(0, color="0.3", lw=0.8)
@@ -111,7 +127,7 @@ def ladder_geometry_figure(models: list[dict[str, Any]]) -> Any:
     ax2.set_ylabel("Pearson r (95% bootstrap CI)")
     ax2.set_title("Correlation with the published norms")
     ax2.grid(alpha=0.3)
-    ax2.legend(fontsize=7)
+    _legend(ax2)
     return fig
 
 
@@ -123,13 +139,100 @@ def depth_valence_figure(models: list[dict[str, Any]]) -> Any:
             continue
         ax.plot(m["relative_depth"], [by[str(la)]["valence_r"] for la in m["layers"]],
                 marker=".", label=m["name"])
+    if not ax.lines:
+        _empty(ax, "fewer than 5 rated emotions: no correlation")
     ax.axhline(0, color="0.3", lw=0.8)
     ax.set_ylim(-1.05, 1.05)
     ax.set_xlabel("relative depth ((layer + 1) / n_layers)")
     ax.set_ylabel("r(PC1, valence)")
     ax.set_title("PC1 ~ valence against relative depth")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _legend(ax)
+    return fig
+
+
+def ladder_word_test_figure(models: list[dict[str, Any]]) -> Any:
+    """Word test by parameter count: hits (left) and the mean own-minus-best-other margin
+    (right), directions against random directions of equal norm."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9.6, 3.8))
+    ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    have = [m for m in models if "hits" in m.get("word_test", {})]
+    xs = _x(have)
+    if have:
+        w = [m["word_test"] for m in have]
+        ax1.plot(xs, [x["hits"] for x in w], "o-", label="emotion directions")
+        ax1.plot(xs, [x["control_hits"] for x in w], "s--", color="0.45",
+                 label="random directions, equal norm")
+        ax1.axhline(w[0]["chance_hits"], ls=":", color="0.3", label="chance (1 hit)")
+        ax1.set_ylim(-0.2, max(x["n_emotions"] for x in w) + 0.2)
+        _label_points(ax1, xs, [float(x["hits"]) for x in w], [m["name"] for m in have])
+        for key, label, kw in (("mean_own_minus_best_other", "emotion directions", {}),
+                               ("control_mean_own_minus_best_other",
+                                "random directions, equal norm",
+                                {"color": "0.45", "ls": "--"})):
+            est = [x[key] for x in w]
+            _errbar(ax2, xs, [e["value"] for e in est], [[e["low"], e["high"]] for e in est],
+                    label=label, **kw)
+        ax2.axhline(0, color="0.3", lw=0.8)
+        for ax in (ax1, ax2):
+            ax.set_xscale("log")
+    else:
+        for ax in (ax1, ax2):
+            _empty(ax, "no word test in this comparison")
+    ax1.set_xlabel("parameters")
+    ax1.set_ylabel("emotions whose own word rises most")
+    ax1.set_title("Emotion-word steering test: hits")
+    ax2.set_xlabel("parameters")
+    ax2.set_ylabel("own minus best other word (nats; 95% CI)")
+    ax2.set_title("Margin, mean over steered emotions")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        _legend(ax)
+    return fig
+
+
+def ladder_scenario_figure(models: list[dict[str, Any]]) -> Any:
+    """Scenario diagonal by parameter count: share of scenarios whose own emotion is the top
+    (column-standardised) readout (left) and the mean own-emotion z (right)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9.6, 3.8))
+    ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    have = [m for m in models if "accuracy" in m.get("scenarios", {})]
+    xs = _x(have)
+    if have:
+        sc = [m["scenarios"] for m in have]
+        _errbar(ax1, xs, [s["accuracy"] for s in sc], [s["ci"] for s in sc],
+                label="scenarios whose own emotion is top (95% CI)")
+        ax1.plot(xs, [s["shuffled"]["mean"] for s in sc], "s--", color="0.45",
+                 label="shuffled labels (mean)")
+        ax1.plot(xs, [s["shuffled"]["q95"] for s in sc], "v:", color="0.6",
+                 label="shuffled labels (95th percentile)")
+        ax1.axhline(sc[0]["chance"], ls=":", color="0.3", label="chance (1 / emotions)")
+        _label_points(ax1, xs, [s["accuracy"] for s in sc], [m["name"] for m in have])
+        ax1.set_ylim(0, 1.02)
+        z = [s["mean_own_z"] for s in sc]
+        _errbar(ax2, xs, [x["value"] for x in z], [x["ci"] for x in z],
+                label="mean z of the own emotion (95% CI)")
+        ax2.plot(xs, [x["shuffled"]["q95"] for x in z], "v:", color="0.6",
+                 label="shuffled labels (95th percentile)")
+        ax2.axhline(0, color="0.3", lw=0.8)
+        for ax in (ax1, ax2):
+            ax.set_xscale("log")
+    else:
+        for ax in (ax1, ax2):
+            _empty(ax, "no scenarios in this comparison")
+    ax1.set_xlabel("parameters")
+    ax1.set_ylabel("share of scenarios")
+    ax1.set_title("Implicit-scenario diagonal (columns standardised)")
+    ax2.set_xlabel("parameters")
+    ax2.set_ylabel("z (readout standardised over scenarios)")
+    ax2.set_title("Own-emotion readout at the reply-opening token")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        _legend(ax)
     return fig
 
 
@@ -146,6 +249,76 @@ def rsa_figure(names: list[str], mat: Any) -> Any:
     ax.set_title("RSA of emotion geometry (Spearman rho)")
     fig.tight_layout()
     return fig
+
+
+def _fmt_ci(lo: Any, hi: Any) -> str:
+    if lo is None or hi is None:
+        return ""
+    return f"[{lo:+.2f}, {hi:+.2f}]"
+
+
+def _word_section(rep: Any, models: list[dict[str, Any]]) -> None:
+    have = [m for m in models if "hits" in m.get("word_test", {})]
+    w0 = have[0]["word_test"] if have else {}
+    rep.add_section(
+        "word_test", "Emotion-word steering test against random directions",
+        "The main job's word test (`emolens.steering.emotion_word_test`): steer toward each "
+        f"emotion ({', '.join(w0.get('emotions', []))}) at strength "
+        f"{w0.get('strength', '?')} x the mean residual norm at the default layer, all "
+        f"positions, on {w0.get('n_prompts', '?')} neutral prompts, and measure the change of "
+        "log P(' word') of every steered emotion's word after a 'They feel' question. A hit: "
+        "the own word rises more than every other word (about 1 hit expected by chance). The "
+        "margin is the own word's change minus the largest other change; the control steers a "
+        "random direction of the same norm in each emotion's place.",
+        limits="Few emotions and prompts in the CPU preset; intervals are over steered "
+               "emotions, not prompts. A word split into several tokens is scored by the sum "
+               "of their log-probabilities.")
+    rep.add_figure(ladder_word_test_figure(models), "by parameter count")
+    rows = []
+    for m in have:
+        w = m["word_test"]
+        a, c = w["mean_own_minus_best_other"], w["control_mean_own_minus_best_other"]
+        d = w["margin_minus_control"]
+        rows.append({"model": m["name"], "layer": w["layer"],
+                     "hits": f"{w['hits']}/{w['n_emotions']}",
+                     "control hits": f"{w['control_hits']}/{w['n_emotions']}",
+                     "margin": a["value"], "margin CI": _fmt_ci(a["low"], a["high"]),
+                     "control margin": c["value"],
+                     "control CI": _fmt_ci(c["low"], c["high"]),
+                     "margin - control": d["value"], "CI": _fmt_ci(d["low"], d["high"]),
+                     "p (sign flip)": d["p_value"]})
+    rep.add_table(rows or [{"word test": "not run"}])
+
+
+def _scenario_section(rep: Any, models: list[dict[str, Any]]) -> None:
+    have = [m for m in models if "accuracy" in m.get("scenarios", {})]
+    rep.add_section(
+        "scenarios", "Implicit-scenario diagonal",
+        "User messages that imply an emotion without naming it, read at the token that opens "
+        "the assistant's reply, at each model's default layer (`emolens.readout."
+        "scenario_matrix`). Rule: each readout emotion (column) is z-scored over the "
+        "scenarios (`column_standardised()`, which removes a direction's constant offset at "
+        "that token), and a scenario is a hit when its own emotion is its top column. "
+        "Percentile bootstrap over scenarios (each resample re-standardised); references: "
+        "chance (1 / readout emotions) and the scenario labels shuffled (mean, 95th "
+        "percentile, one-sided permutation p).",
+        limits="The standardisation is post hoc (chosen after the first full run showed a few "
+               "columns on top of every row); few scenarios per emotion; only emotions with "
+               "scenarios are rows, every run emotion is a column.")
+    rep.add_figure(ladder_scenario_figure(models), "by parameter count")
+    rows = []
+    for m in have:
+        sc = m["scenarios"]
+        z = sc["mean_own_z"]
+        rows.append({"model": m["name"], "layer": sc["layer"],
+                     "hits": f"{sc['hits']}/{sc['n_scenarios']}", "share": sc["accuracy"],
+                     "CI": _fmt_ci(*sc["ci"]), "chance": sc["chance"],
+                     "shuffled mean": sc["shuffled"]["mean"],
+                     "shuffled q95": sc["shuffled"]["q95"], "p": sc["shuffled"]["p_value"],
+                     "mean own z": z["value"], "z CI": _fmt_ci(*z["ci"]), "z p": z["shuffled"]["p_value"],
+                     "rows on diagonal": f"{sc['row_diagonal_hits']}/{sc['n_rows']}",
+                     "raw share (unstandardised)": sc["raw"]["per_scenario_accuracy"]})
+    rep.add_table(rows or [{"scenarios": "not run"}])
 
 
 def comparison_report(result: Any) -> Any:
@@ -198,8 +371,12 @@ def comparison_report(result: Any) -> Any:
     geo_rows = []
     for m in models:
         g = m["geometry"]
-        row = {"model": m["name"], "PC1 var": g["explained_variance"]["PC1"]["value"],
-               "PC2 var": g["explained_variance"]["PC2"]["value"]}
+        row: dict[str, Any] = {"model": m["name"]}
+        for k in ("PC1", "PC2"):
+            e = g["explained_variance"][k]
+            row.update({f"{k} var": e["value"],
+                        f"{k} bias-corrected": e.get("bias_corrected"),
+                        f"{k} CI (basic)": f"[{e['ci'][0]:.2f}, {e['ci'][1]:.2f}]"})
         if "affect" in g:
             a = g["affect"]
             row.update({"r valence": a["valence_r"], "CI": f"[{a['valence_ci'][0]:.2f}, "
@@ -207,7 +384,11 @@ def comparison_report(result: Any) -> Any:
                         "CI ": f"[{a['arousal_ci'][0]:.2f}, {a['arousal_ci'][1]:.2f}]",
                         "rated emotions": a["n"]})
         geo_rows.append(row)
-    rep.add_table(geo_rows)
+    rep.add_table(geo_rows, "PC shares: the sample share, the bootstrap bias-corrected share "
+                  "and the basic (reverse-percentile) bootstrap interval over emotions (the "
+                  "sample share of the top components is biased upward with few emotions)")
+    _word_section(rep, models)
+    _scenario_section(rep, models)
     if result.rsa:
         names, mat = result.rsa_matrix()
         rep.add_section("rsa", "Similarity of emotion geometry between models",

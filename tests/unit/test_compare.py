@@ -115,6 +115,79 @@ def test_measure_registry_reports_splits_and_planted_valence():
     assert ev["ci"][0] <= ev["value"] <= ev["ci"][1]
 
 
+def test_explained_variance_interval_covers_a_planted_population_share():
+    """Few emotions drawn from a population with a known PC1 share: the sample share and its
+    resamples are biased upward; the percentile interval almost never covers the population
+    share, the basic bootstrap interval (what ``ci`` reports) mostly does."""
+    from emolens.compare.core import _explained_variance
+
+    d, n = 40, 16
+    scales = torch.tensor([3.0, 2.0] + [1.0] * (d - 2), dtype=torch.float64)
+    pop = float(scales[0] ** 2 / (scales ** 2).sum())
+    g = torch.Generator().manual_seed(0)
+    cover_basic = cover_pct = 0
+    biases = []
+    reps = 30
+    for r in range(reps):
+        m = torch.randn(n, d, generator=g, dtype=torch.float64) * scales
+        ev = _explained_variance(m, 200, seed=r)["PC1"]
+        cover_basic += ev["ci"][0] <= pop <= ev["ci"][1]
+        cover_pct += ev["ci_percentile"][0] <= pop <= ev["ci_percentile"][1]
+        biases.append(ev["bias"])
+        assert ev["bias_corrected"] == pytest.approx(ev["value"] - ev["bias"])
+        assert 0.0 <= ev["ci"][0] <= ev["ci"][1] <= 1.0
+    assert sum(biases) / reps > 0.03  # the resamples sit above the sample share
+    assert cover_pct <= 0.2 * reps, cover_pct
+    assert cover_basic >= 0.7 * reps, cover_basic
+
+
+def test_scenario_diagonal_standardises_columns_and_has_a_shuffled_reference():
+    from emolens.compare.core import scenario_diagonal
+
+    cols = ["a", "b", "c", "d", "e"]
+    emos = [c for c in cols[:4] for _ in range(6)]  # 24 scenarios, 'e' is a readout only
+    g = torch.Generator().manual_seed(0)
+    per = torch.randn(24, 5, generator=g, dtype=torch.float64) * 0.1
+    for i, e in enumerate(emos):
+        per[i, cols.index(e)] += 1.0  # the own emotion is raised ...
+    per[:, 4] += 5.0  # ... but one column is on top of every raw row (a constant offset)
+    assert (per.argmax(1) == 4).all()
+    res = scenario_diagonal(per, emos, cols, n_boot=200, n_perm=500)
+    assert res["accuracy"] == 1.0 and res["hits"] == 24 and res["chance"] == 0.2
+    assert res["ci"][0] > 0.75 and res["shuffled"]["mean"] < 0.45
+    assert res["shuffled"]["p_value"] == pytest.approx(1 / 501)
+    assert res["mean_own_z"]["value"] > 1.0 and res["mean_own_z"]["shuffled"]["q95"] < 0.6
+    # a hand-sized case: the z-scores decide, not the raw values
+    per2 = torch.tensor([[10.0, 1.0], [11.0, 0.0], [10.5, 0.6]], dtype=torch.float64)
+    r2 = scenario_diagonal(per2, ["b", "a", "b"], ["a", "b"], n_boot=20, n_perm=20)
+    z = (per2 - per2.mean(0)) / per2.std(0)
+    want = [int(z[0].argmax()) == 1, int(z[1].argmax()) == 0, int(z[2].argmax()) == 1]
+    assert r2["hits"] == sum(want) == 3
+    assert r2["mean_own_z"]["value"] == pytest.approx(float((z[0, 1] + z[1, 0] + z[2, 1]) / 3))
+    # no signal: near the shuffled reference, not significant
+    null = scenario_diagonal(torch.randn(24, 5, generator=g, dtype=torch.float64), emos, cols,
+                             n_boot=100, n_perm=300)
+    assert null["accuracy"] < 0.5 and null["shuffled"]["p_value"] > 0.01
+    with pytest.raises(InputError, match=r"\['z'\]"):
+        scenario_diagonal(per[:2], ["a", "z"], cols)
+    with pytest.raises(InputError, match="does not match"):
+        scenario_diagonal(per, emos[:3], cols)
+
+
+def test_word_emotions_follow_the_preset_then_the_core_set():
+    from emolens.compare.core import PRESETS, word_emotions_for
+
+    cpu = PRESETS["cpu"]
+    assert word_emotions_for(cpu, cpu.emotions) == ["happy", "proud", "calm", "sad", "angry",
+                                                    "afraid"]
+    assert cpu.word_prompts == 4 and cpu.word_strength == 0.1
+    gpu = PRESETS["gpu"]
+    assert word_emotions_for(gpu, ["sad", "bored", "happy", "lonely"]) == ["happy", "sad"]
+    assert word_emotions_for(gpu, ["bored", "lonely"]) == ["bored", "lonely"]
+    # fewer than two of the preset's emotions present: the core set, then all
+    assert word_emotions_for(cpu, ["happy", "loving", "x"]) == ["happy", "loving"]
+
+
 def _tiny_corpus():
     from emolens.stimuli import Corpus
 
@@ -130,9 +203,17 @@ def _tiny_corpus():
     recs.append({"id": "n0", "kind": "neutral", "messages": [
         {"role": "user", "content": "what time is it"},
         {"role": "assistant", "content": "it is noon"}]})
+    recs.append({"id": "n1", "kind": "neutral", "messages": [
+        {"role": "user", "content": "where is the station"},
+        {"role": "assistant", "content": "two streets east"}]})
+    for emo, ws in words.items():
+        for i in range(3):
+            recs.append({"id": f"s-{emo}-{i}", "kind": "scenario", "emotion": emo, "messages": [
+                {"role": "user", "content": f"today was all {ws[i]} and {ws[i + 3]}"}]})
     return Corpus.from_records(recs, forbidden={})
 
 
+@pytest.mark.filterwarnings("error:No artists with labels found to put in legend")
 def test_compare_end_to_end_on_two_tiny_models(tmp_path):
     from emolens.compare import Preset, compare
     from emolens.testing import tiny_model
@@ -140,7 +221,8 @@ def test_compare_end_to_end_on_two_tiny_models(tmp_path):
     corpus = _tiny_corpus()
     assert corpus.stories(split="dev") and corpus.stories(split="test")
     preset = Preset("tiny", None, max_texts_per_emotion=6, n_neutral=1, layer_stride=1,
-                    n_boot=50, n_perm=50, batch_size=16)
+                    n_boot=50, n_perm=50, batch_size=16, word_emotions=("sad", "happy"),
+                    word_prompts=5, word_strength=0.25)
     a, b = tiny_model(seed=1, n_layers=2), tiny_model(seed=2, n_layers=3, d_model=48)
     norms = {"sunny": (8.0, 5.0), "stormy": (3.0, 6.5), "quiet": (6.0, 2.0), "busy": (5.0, 7.0),
              "x": (1.0, 1.0)}
@@ -161,7 +243,35 @@ def test_compare_end_to_end_on_two_tiny_models(tmp_path):
     assert mat.shape == (2, 2) and float(mat[0, 1]) == data["rsa"][0]["rho"]
     html = (tmp_path / "report.html").read_text()
     assert "test split" in html and "RSA" in html and "<img" in html
+    assert "Emotion-word steering test" in html and "Implicit-scenario diagonal" in html
     assert (tmp_path / "registries").is_dir()
+    # the word test and the scenario diagonal: the library calls on the same registry give the
+    # same numbers (so a wrong layer, prompt set, strength or emotion list would show)
+    from emolens.readout import scenario_matrix
+    from emolens.steering import emotion_word_test
+
+    prompts = [list(r.messages)[:1] for r in corpus.neutral[:2]]
+    for model, m in zip(sorted([a, b], key=lambda x: sum(p.numel() for p in x.parameters())),
+                        data["models"]):
+        reg = res.registries[m["name"]]
+        w = m["word_test"]
+        assert w["emotions"] == list(reg.emotions)  # no core emotion here: all four are steered
+        assert w["n_prompts"] == 2 and w["strength"] == 0.25 and w["layer"] == m["default_layer"]
+        ref = emotion_word_test(model, reg, list(reg.emotions), strength=0.25, prompts=prompts)
+        assert w["hits"] == ref.hits and w["control_hits"] == ref.control_hits
+        for e in reg.emotions:
+            assert w["own_minus_best_other"][e] == pytest.approx(ref.margins[e], abs=2e-4)
+        diff = [ref.margins[e] - ref.control_margins[e] for e in reg.emotions]
+        assert w["margin_minus_control"]["value"] == pytest.approx(sum(diff) / 4, abs=1e-6)
+        assert w["split"].startswith("neutral")
+        sc = m["scenarios"]
+        zsm = scenario_matrix(model, reg, corpus.scenarios).column_standardised()
+        assert sc["n_scenarios"] == 12 and sc["layer"] == m["default_layer"]
+        assert sc["accuracy"] == pytest.approx(zsm.per_scenario_accuracy)
+        assert sc["row_diagonal_hits"] == zsm.diagonal_hits and sc["chance"] == 0.25
+        assert sc["ci"][0] <= sc["accuracy"] <= sc["ci"][1]
+        assert 0 < sc["shuffled"]["p_value"] <= 1 and sc["shuffled"]["n_perm"] == 50
+        assert set(m["seconds"]) == {"load", "extract", "word_test", "scenarios"}
 
 
 def test_compare_is_public_and_callable():
