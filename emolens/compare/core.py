@@ -288,7 +288,7 @@ def scenario_diagonal(per_scenario: torch.Tensor, scenario_emotions: Sequence[st
 
     def shuffled(k: int, obs: float) -> dict[str, float]:
         return {"mean": float(perms[:, k].mean()), "q95": float(perms[:, k].quantile(0.95)),
-                "p_value": float((1 + (perms[:, k] >= obs - 1e-12).sum()) / (1 + n_perm))}
+                "p_value": (1 + int((perms[:, k] >= obs - 1e-12).sum())) / (1 + n_perm)}
 
     return {"rule": "columns z-scored over the scenarios; a scenario is a hit when its own "
                     "emotion is its top column",
