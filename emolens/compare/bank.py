@@ -84,6 +84,7 @@ class StoryBank:
     info: dict[str, Any] = field(default_factory=dict)
     _axes: dict[tuple[str, float], tuple[torch.Tensor, int]] = field(
         default_factory=dict, repr=False)  # neutral eigen-axes, shared by every re-fit
+    _covs: dict[tuple[int, ...], torch.Tensor | None] = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ selection
     @property
@@ -160,6 +161,9 @@ class StoryBank:
         """Covariance of the neutral dialogues' content tokens at ``cols`` (None without)."""
         from emolens.extraction.accumulator import MomentAccumulator
 
+        key = tuple(cols)
+        if key in self._covs:
+            return self._covs[key]
         if self.neutral_outer is None or self.neutral_total is None \
                 or self.neutral_count is None or float(self.neutral_count[cols].min()) <= 0:
             return None
@@ -167,7 +171,8 @@ class StoryBank:
         moments.total = self.neutral_total[cols].clone()
         moments.outer = self.neutral_outer[cols].clone()
         moments.count = self.neutral_count[cols].clone()
-        return moments.covariance()
+        self._covs[key] = moments.covariance()
+        return self._covs[key]
 
     def fit(self, rows: Int[torch.Tensor, " rows"] | Sequence[int], *, method: str = "mean_diff",
             sites: str = "blocks", name: str | None = None, default_layer: int | None = None,
@@ -283,6 +288,10 @@ def build_story_bank(model: Any, corpus: Any = None, *, emotions: Sequence[str] 
     settings = _settings(model, corpus, sites, emos, max_train_per_emotion, n_neutral)
     folder = Path(path) if path is not None else None
     manifest = _read_manifest(folder, settings) if folder is not None else {"shards": {}}
+    manifest["bank"] = {"model": model_provenance(model).to_dict(),
+                        "n_layers": int(model.cfg.n_layers),
+                        "sites": [[s.layer, s.name] for s in sites], "emotions": emos,
+                        "max_train_per_emotion": max_train_per_emotion}
     t0 = time.perf_counter()
 
     per_emotion: dict[str, dict[str, Any]] = {}
@@ -325,6 +334,10 @@ def build_story_bank(model: Any, corpus: Any = None, *, emotions: Sequence[str] 
                    "outer": torch.zeros(len(sites), d, d, dtype=torch.float64),
                    "count": torch.zeros(len(sites), dtype=torch.float64)}
     bar.close()
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        manifest["settings"] = settings
+        _write_manifest(folder, manifest)  # complete: load_story_bank can read it alone
     records = [r for e in emos for r in per_emotion[e]["records"]]
     cat = {k: torch.cat([per_emotion[e][k] for e in emos]) for k in
            ("means", "keep", "norm_sum", "n_tokens")}
@@ -339,6 +352,48 @@ def build_story_bank(model: Any, corpus: Any = None, *, emotions: Sequence[str] 
                      keep=cat["keep"], norm_sum=cat["norm_sum"], n_tokens=cat["n_tokens"],
                      neutral_total=moments["total"], neutral_outer=moments["outer"],
                      neutral_count=moments["count"], info=info)
+
+
+def load_story_bank(path: str | Path) -> StoryBank:
+    """Read a bank that ``build_story_bank(..., path=path)`` wrote, without the model (every
+    shard's sha256 checked). Raises ``InputError`` when the bank is incomplete: build it
+    again with the same settings to finish it."""
+    from emolens.io import read_json
+
+    folder = Path(path)
+    f = folder / "bank.json"
+    if not f.is_file():
+        raise InputError(f"no story bank at {folder} (no bank.json); build one with "
+                         "emolens.compare.build_story_bank(model, path=...)")
+    man = read_json(f, error=InputError)
+    meta = man.get("bank")
+    if not isinstance(meta, dict):
+        raise InputError(f"{f} has no bank description; rebuild the bank")
+    emos = list(meta["emotions"])
+    missing = [e for e in emos if e not in man.get("shards", {})]
+    if missing:
+        raise InputError(f"the story bank at {folder} is incomplete ({len(missing)} emotions "
+                         f"missing, e.g. {missing[0]!r}); run build_story_bank again with the "
+                         "same settings to finish it")
+    parts = []
+    records: list[dict[str, Any]] = []
+    for e in emos:
+        entry = man["shards"][e]
+        parts.append(_verified(folder, entry))
+        records += entry["records"]
+    cat = {k: torch.cat([p[k] for p in parts]) for k in ("means", "keep", "norm_sum",
+                                                         "n_tokens")}
+    moments = _load_neutral(folder, man) if "neutral" in man else None
+    return StoryBank(model=meta["model"], n_layers=int(meta["n_layers"]),
+                     sites=[Site(int(la), str(n)) for la, n in meta["sites"]], emotions=emos,
+                     records=records, means=cat["means"], keep=cat["keep"].bool(),
+                     norm_sum=cat["norm_sum"], n_tokens=cat["n_tokens"],
+                     neutral_total=moments["total"] if moments else None,
+                     neutral_outer=moments["outer"] if moments else None,
+                     neutral_count=moments["count"] if moments else None,
+                     info={"corpus": man["settings"]["corpus"], "loaded_from": str(folder),
+                           "max_train_per_emotion": meta.get("max_train_per_emotion"),
+                           "n_neutral": man["settings"]["n_neutral"]})
 
 
 def _author(rec: Any) -> str:

@@ -16,7 +16,8 @@ stories (``emolens.compare.lexical.tfidf_bank``):
   the mean cosine of each emotion's two half-directions. Spread: the 2.5-97.5 percentiles over
   the random halvings (their sampling distribution, not a CI of the mean);
 - **cross-model similarity**, per pair of representations at matched relative depth, on the
-  training stories both banks hold: with the same halvings, RSA of A's half-1 geometry with B's
+  training stories every bank holds (a model capped at 12 stories per emotion caps the pool):
+  with the same halvings for every pair, RSA of A's half-1 geometry with B's
   half-1 geometry (same stories) beside A's half-1 with B's half-2 (disjoint stories), the
   within-model reliabilities at that size and their geometric mean (the noise ceiling
   ``sqrt(rel_A rel_B)``); on all shared stories, the RSA and the partial RSA given the TF-IDF
@@ -324,7 +325,7 @@ def geometry_controls(banks: Mapping[str, Any], corpus: Any = None, norms: Any =
     lex = tfidf_bank(corpus, biggest) if tfidf else None
     reps = _reps(banks, lex)
     dev, test = _split_ids(first, "dev"), _split_ids(first, "test")
-    bar = progress_bar(total=len(reps) * (1 + 2 * n_splits) + n_splits
+    bar = progress_bar(total=len(reps) * (1 + 4 * n_splits + 1)
                        + sum(1 if s is None else n_draws for s in sizes),
                        desc="geometry controls", enabled=progress, unit="fit")
 
@@ -339,59 +340,62 @@ def geometry_controls(banks: Mapping[str, Any], corpus: Any = None, norms: Any =
         rep_rows.append(_describe(rep, g, len(ids), n_boot, n_perm, seed))
         bar.update(1)
 
-    # ---- split-half reliability (each representation's own pool) and same/disjoint halves
-    gen = torch.Generator().manual_seed(seed)
-    split_rows: list[dict[str, Any]] = []
-    halves_by_rep: dict[str, list[tuple[_Geometry, _Geometry]]] = {}
-    for rep in reps:
-        pool = _pool([rep], emotions)
-        pairs = []
-        for _ in range(n_splits):
-            a, b = _halves(pool, gen)
-            pairs.append((_Geometry(rep, a, dev, test, norms, orient),
-                          _Geometry(rep, b, dev, test, norms, orient)))
-            bar.update(2)
-        halves_by_rep[rep.name] = pairs
-        for k, col in enumerate(rep.cols):
-            rhos = [rsa_rho(ga.cosine(k), gb.cosine(k)) for ga, gb in pairs]
-            diag = [float((ga.unit[k] * gb.unit[k]).sum(-1).mean()) for ga, gb in pairs]
-            accs = [(ga.test_accuracy(k) + gb.test_accuracy(k)) / 2 for ga, gb in pairs]
-            s = _summary(rhos)
-            m = s["mean"]
-            split_rows.append({
-                "name": rep.name, "kind": rep.kind, "site": rep.bank.sites[col].name,
-                "relative_depth": rep.depths[k],
-                "stories_per_emotion_per_half": {e: len(v) // 2 for e, v in pool.items()},
-                "rsa": s, "spearman_brown": None if m is None else round(2 * m / (1 + m), 4),
-                "direction_cosine": _summary(diag), "test_accuracy_per_half": _summary(accs),
-                "split": "train halves; accuracy on test"})
+    # ---- split-half reliability and same/disjoint halves. One set of random halvings of the
+    # training stories every representation holds serves every pair (each half is fitted once
+    # per representation); a representation that holds more stories also gets its own.
+    memo: dict[tuple[str, tuple[str, ...]], _Geometry] = {}
 
-    # ---- cross-representation similarity at matched depth, on stories both hold
+    def fit(rep: _Rep, ids: Sequence[str]) -> _Geometry:
+        key = (rep.name, tuple(sorted(ids)))
+        if key not in memo:
+            memo[key] = _Geometry(rep, ids, dev, test, norms, orient)
+            bar.update(1)
+        return memo[key]
+
+    common = _pool(reps, emotions)
+    gen = torch.Generator().manual_seed(seed)
+    common_halves = [_halves(common, gen) for _ in range(n_splits)]
+    split_rows: list[dict[str, Any]] = []
+    for rep in reps:
+        own = _pool([rep], emotions)
+        for pool, halves in ((common, common_halves),) + (
+                () if own == common else ((own, [_halves(own, gen) for _ in range(n_splits)]),)):
+            pairs = [(fit(rep, a), fit(rep, b)) for a, b in halves]
+            for k, col in enumerate(rep.cols):
+                rhos = [rsa_rho(ga.cosine(k), gb.cosine(k)) for ga, gb in pairs]
+                diag = [float((ga.unit[k] * gb.unit[k]).sum(-1).mean()) for ga, gb in pairs]
+                accs = [(ga.test_accuracy(k) + gb.test_accuracy(k)) / 2 for ga, gb in pairs]
+                summ = _summary(rhos)
+                m = summ["mean"]
+                half = [len(v) // 2 for v in pool.values()]
+                split_rows.append({
+                    "name": rep.name, "kind": rep.kind, "site": rep.bank.sites[col].name,
+                    "relative_depth": rep.depths[k],
+                    "pool": "shared by every bank" if pool is common else "this bank's own",
+                    "stories_per_emotion_per_half": {"min": min(half), "max": max(half),
+                                                     "mean": round(sum(half) / len(half), 2)},
+                    "rsa": summ, "spearman_brown": None if m is None else round(2 * m / (1 + m), 4),
+                    "direction_cosine": _summary(diag), "test_accuracy_per_half": _summary(accs),
+                    "split": "train halves; accuracy on test"})
+
+    # ---- cross-representation similarity at matched depth, on the stories every bank holds
     cross_rows: list[dict[str, Any]] = []
     model_reps = [r for r in reps if r.kind == "model"]
     others = [r for r in reps if r.kind != "model"]
+    lex_rep = next((r for r in reps if r.kind == "tfidf"), None)
     pairs_to_do = [(a, b, "model-model") for i, a in enumerate(model_reps)
                    for b in model_reps[i + 1:]]
     pairs_to_do += [(a, b, f"model-{b.kind}") for a in model_reps for b in others
                     if b.kind == "tfidf" or b.name == f"{a.name} (embedding)"]
     pairs_to_do += [(a, b, "embedding-embedding") for i, a in enumerate(others)
                     for b in others[i + 1:] if a.kind == b.kind == "embedding"]
+    shared_ids = [i for ids in common.values() for i in ids]
     for ra, rb, kind in pairs_to_do:
-        pool = _pool([ra, rb], emotions)
-        g2 = torch.Generator().manual_seed(seed + 1)
-        halves = [_halves(pool, g2) for _ in range(n_splits)]
-        fits = [(_Geometry(ra, h1, dev, test, norms, orient),
-                 _Geometry(ra, h2, dev, test, norms, orient),
-                 _Geometry(rb, h1, dev, test, norms, orient),
-                 _Geometry(rb, h2, dev, test, norms, orient)) for h1, h2 in halves]
-        shared_ids = [i for ids in pool.values() for i in ids]
-        ga_all = _Geometry(ra, shared_ids, dev, test, norms, orient)
-        gb_all = _Geometry(rb, shared_ids, dev, test, norms, orient)
-        g_lex = _Geometry(next(r for r in reps if r.kind == "tfidf"), shared_ids, dev, test,
-                          norms, orient) if lex is not None else None
+        fits = [(fit(ra, h1), fit(ra, h2), fit(rb, h1), fit(rb, h2)) for h1, h2 in common_halves]
+        ga_all, gb_all = fit(ra, shared_ids), fit(rb, shared_ids)
+        g_lex = fit(lex_rep, shared_ids) if lex_rep is not None else None
         by_depth = []
-        n_sites = max(len(ra.cols), len(rb.cols))
-        for k in range(n_sites):
+        for k in range(max(len(ra.cols), len(rb.cols))):
             ka, kb = min(k, len(ra.cols) - 1), min(k, len(rb.cols) - 1)
             same = [(rsa_rho(a1.cosine(ka), b1.cosine(kb)) + rsa_rho(a2.cosine(ka), b2.cosine(kb)))
                     / 2 for a1, a2, b1, b2 in fits]
@@ -412,14 +416,13 @@ def geometry_controls(banks: Mapping[str, Any], corpus: Any = None, norms: Any =
                     ga_all.cosine(ka), gb_all.cosine(kb), g_lex.cosine(0)), 4)
             by_depth.append(row)
         cross_rows.append({"a": ra.name, "b": rb.name, "kind": kind,
-                           "shared_stories_per_emotion": {e: len(v) for e, v in pool.items()},
+                           "shared_stories_per_emotion": {e: len(v) for e, v in common.items()},
                            "by_depth": by_depth,
                            "split": "train halves (same or disjoint); all shared train stories"})
-        bar.update(1)
+    memo.clear()
 
     # ---- learning curves: the same draws for every representation
-    pool = _pool(reps, emotions)
-    curve_rows = _curves(reps, pool, sizes, n_draws, dev, test, norms, orient, seed, bar)
+    curve_rows = _curves(reps, common, sizes, n_draws, dev, test, norms, orient, seed, bar)
     bar.close()
     settings = {"emotions": emotions, "n_splits": n_splits, "sizes": list(sizes),
                 "n_draws": n_draws, "n_boot": n_boot, "n_perm": n_perm, "seed": seed,

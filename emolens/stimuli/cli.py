@@ -30,6 +30,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--forbidden", default=None, metavar="PATH",
                    help="forbidden words: a JSON file or a folder of <emotion>.json files")
     p.add_argument("--markdown", action="store_true", help="print the table as markdown")
+    g = sub.add_parser("grow", help="generate stories with model authors, keep the recognisable",
+                       description="Generate stories with one or more author models "
+                                   "(resumable), filter them, and keep those a judge model "
+                                   "recognises (emolens.stimuli.grow).")
+    g.add_argument("--authors", nargs="+", required=True, help="catalogue names of the authors")
+    g.add_argument("--judge", required=True, help="catalogue name of the judge (not an author)")
+    g.add_argument("--emotions", default=None, help="comma-separated (default: every emotion)")
+    g.add_argument("--topics", type=int, default=24,
+                   help="the first N topics of the bundled corpus (default 24: all)")
+    g.add_argument("--per-topic", type=int, default=1, help="stories per (emotion, topic)")
+    g.add_argument("--k", type=int, default=5, help="keep a story if its emotion ranks in the "
+                                                    "judge's top k (default 5)")
+    g.add_argument("--batch-size", type=int, default=4)
+    g.add_argument("--out", required=True, help="output folder")
+    g.add_argument("--no-progress", action="store_true")
 
 
 def _load(args: argparse.Namespace) -> Corpus:
@@ -61,5 +76,19 @@ def main(args: argparse.Namespace) -> int:
         print()
         for key, value in corpus.summary().items():
             print(f"{key:<14} {value}")
+        return 0
+    if action == "grow":
+        import json
+
+        from emolens.stimuli.grow import grow_corpus
+
+        corpus = load_corpus()
+        emotions = [e.strip() for e in args.emotions.split(",")] if args.emotions \
+            else list(corpus.emotions)
+        topics = sorted({r.topic for r in corpus.stories() if r.topic})[:args.topics]
+        summary = grow_corpus(args.authors, args.judge, emotions, topics, args.per_topic,
+                              args.out, k=args.k, batch_size=args.batch_size,
+                              progress=not args.no_progress)
+        print(json.dumps(summary, indent=2))
         return 0
     raise SystemExit(f"unknown corpus action {action!r}")

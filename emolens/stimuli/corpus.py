@@ -52,7 +52,7 @@ VALIDATION_MODULUS = 5  # one id in five (by hash) is held out: half dev, half t
 
 # kind -> (required fields, optional fields)
 FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "story": (("id", "kind", "emotion", "text"), ("topic", "person", "split", "meta")),
+    "story": (("id", "kind", "emotion", "text"), ("topic", "person", "author", "split", "meta")),
     "neutral": (("id", "kind", "messages"), ("topic", "split", "meta")),
     "scenario": (("id", "kind", "emotion", "messages"), ("topic", "split", "meta")),
     "template": (("id", "kind", "text", "values", "expected"), ("topic", "split", "meta")),
@@ -82,7 +82,10 @@ class Record:
 
     ``split`` is derived from ``id`` (``split_of``). ``messages`` is a chat (a list of
     ``{"role", "content"}`` dicts) ready for ``emolens.to_inputs``; ``values`` and ``expected``
-    belong to templates (``text`` has one ``{X}`` slot, see ``fill``).
+    belong to templates (``text`` has one ``{X}`` slot, see ``fill``). ``author``: who wrote a
+    story, the model's name for a generated one (``generate_stories`` sets it); None means
+    hand-written, as every bundled story is (evaluation can train on one author and test on
+    another: ``emolens.compare.bank`` records it per story).
     """
 
     id: str
@@ -92,6 +95,7 @@ class Record:
     text: str | None = None
     split: str = "train"
     person: str | None = None
+    author: str | None = None
     messages: list[dict[str, str]] | None = None
     values: list[int | float] | None = None
     expected: dict[str, str] | None = None
@@ -103,8 +107,8 @@ class Record:
     def to_dict(self, *, include_split: bool = False) -> dict[str, Any]:
         """The record as a JSON-ready dict (fields that are None left out)."""
         out: dict[str, Any] = {}
-        for key in ("id", "kind", "emotion", "topic", "person", "text", "messages", "values",
-                    "expected", "meta"):
+        for key in ("id", "kind", "emotion", "topic", "person", "author", "text", "messages",
+                    "values", "expected", "meta"):
             value = getattr(self, key)
             if value is not None:
                 out[key] = json.loads(json.dumps(value)) if isinstance(value, (list, dict)) \
@@ -300,6 +304,8 @@ def parse_record(obj: Any, where: str = "record") -> Record:
         if person not in PERSONS:
             raise _err(where, "person", f"{person!r} is not one of {list(PERSONS)}")
         fields["person"] = person
+    if "author" in obj:
+        fields["author"] = _name_field(obj, "author", where)
     if "text" in obj:
         text = _text_field(obj, "text", where)
         if kind == "template" and text.count("{X}") != 1:

@@ -364,7 +364,7 @@ def generate_stories(model: Any, emotions: Sequence[str], topics: Sequence[str],
                         continue
                     rid = s.id
                     rec = {"id": rid, "kind": "story", "emotion": s.emotion, "topic": s.topic,
-                           "person": s.person, "text": text,
+                           "person": s.person, "author": model_name, "text": text,
                            "meta": {"generator": "emolens.generate_stories",
                                     "model": model_name, "slot": s.index, "attempt": attempt,
                                     "seed": run_seed, "temperature": temperature}}

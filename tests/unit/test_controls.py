@@ -223,3 +223,18 @@ def test_controls_check_their_inputs():
         geometry_controls({}, progress=False)
     with pytest.raises(InputError, match="n_splits"):
         geometry_controls({"a": a}, tfidf=False, n_splits=0, progress=False)
+
+
+def test_load_story_bank_reads_without_the_model(tiny, tmp_path):
+    from emolens.compare.bank import load_story_bank
+
+    model, corpus = tiny
+    with pytest.raises(InputError, match="no story bank"):
+        load_story_bank(tmp_path / "none")
+    built = build_story_bank(model, corpus, layers=[2], progress=False, path=tmp_path / "b")
+    loaded = load_story_bank(tmp_path / "b")
+    assert loaded.sites == built.sites and loaded.records == built.records
+    assert torch.equal(loaded.means, built.means) and torch.equal(loaded.keep, built.keep)
+    assert torch.equal(loaded.neutral_outer, built.neutral_outer)
+    assert torch.equal(loaded.fit(loaded.rows("train")).tensor(),
+                       built.fit(built.rows("train")).tensor())
