@@ -9,7 +9,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="catalogue names (emolens models list) or local model folders")
     p.add_argument("--out", required=True, help="output folder (results.json, report.html)")
     p.add_argument("--preset", default="cpu", choices=["cpu", "gpu"],
-                   help="cpu: 16 emotions, 12 training stories each, 48 neutral dialogues, "
+                   help="cpu: 12 emotions, 6 training stories each, 16 neutral dialogues, "
                         "word test on 6 emotions x 4 prompts; gpu: the whole corpus, word "
                         "test on the 12 core emotions x 8 prompts (see docs/compare.md)")
     p.add_argument("--emotions", nargs="+", default=None, help="override the preset's emotions")
