@@ -15,6 +15,11 @@ success by construction). The bundled judges:
 - ``DirectionJudge(vector, layer)``: the mean projection of the unsteered model's residual on a
   direction the caller supplies (e.g. from another extraction method), over the generated
   tokens.
+- ``LLMJudge(model="qwen2.5-coder-0.5b")`` (``"llm_concept"``): a separate, larger model from
+  the offline catalogue (loaded only where installed) asked ``LLM_JUDGE_PROMPT`` about each
+  generated text; the score is the expected rating over its next-token probabilities of the
+  answers "0", "1", "2" (one forward per text, no sampling). ``judge_agreement`` reports its
+  Spearman correlation with another judge (e.g. the lexicon) over a set of generations.
 
 Judges are small callables selected by name (``JUDGES``); ``register_judge`` adds one.
 """
@@ -254,7 +259,215 @@ class DirectionJudge:
         return {self.name: vals.cpu().tolist()}
 
 
-JUDGES: dict[str, Judge] = {"emotion_words": emotion_words_judge, "lexicon": lexicon_judge}
+# ---------------------------------------------------------------------------- LLM judge
+#: The catalogue model the LLM judge loads by default (``emolens models list``).
+LLM_JUDGE_MODEL = "qwen2.5-coder-0.5b"
+#: The judge's question, sent as one user turn through the judge model's chat template;
+#: ``{emotion}`` and ``{text}`` are filled in. Its answer is read at the token that opens the
+#: assistant's reply, over the tokens of ``LLM_JUDGE_ANSWERS``.
+LLM_JUDGE_PROMPT = (
+    "Rate how clearly the text below expresses the emotion \"{emotion}\".\n"
+    "0 = the emotion is not expressed at all.\n"
+    "1 = the emotion is weakly or indirectly expressed.\n"
+    "2 = the emotion is clearly expressed.\n"
+    "Answer with a single digit: 0, 1 or 2.\n\n"
+    "Text:\n\"\"\"\n{text}\n\"\"\"")
+LLM_JUDGE_ANSWERS = ("0", "1", "2")
+
+
+def llm_judge_installed(name: str = LLM_JUDGE_MODEL) -> bool:
+    """Whether catalogue model ``name`` is installed (its packages and its verified cache
+    folder are present; the hashes are checked when it is loaded). False for a name that is
+    not in the catalogue."""
+    from emolens.models.catalogue import find_model
+    from emolens.models.install import missing_packages, model_cache_dir
+
+    entry = find_model(name)
+    if entry is None:
+        return False
+    folder = model_cache_dir(entry)
+    return folder.is_dir() and any(folder.iterdir()) and not missing_packages(entry)
+
+
+def load_judge_model(name: str = LLM_JUDGE_MODEL) -> Any:
+    """Load catalogue model ``name`` as a judge; ``ModelNotAvailableError`` with the install
+    command when it is not installed (a judge model is never installed implicitly)."""
+    from emolens.errors import ModelNotAvailableError
+    from emolens.models.catalogue import get_model
+
+    entry = get_model(name)
+    if not llm_judge_installed(entry.name):
+        raise ModelNotAvailableError(
+            f"the judge model {entry.name!r} is not installed; install it with "
+            f"`{entry.install_command}` or pass another model (LLMJudge(model=...))")
+    import emolens
+
+    return emolens.load_model(entry.name)
+
+
+def answer_token_ids(model: Any, answers: Sequence[str] = LLM_JUDGE_ANSWERS) -> list[int]:
+    """The first token of each answer as the judge model would write it after the reply
+    opening; ``SteeringError`` when two answers share it (the rating could not be read)."""
+    ids = [_ids(model, a, bos=False) for a in answers]
+    if any(not i for i in ids):
+        raise SteeringError(f"an answer of {list(answers)} tokenises to nothing")
+    first = [i[0] for i in ids]
+    if len(set(first)) != len(first):
+        raise SteeringError(f"the answers {list(answers)} share first tokens {first} on this "
+                            "tokenizer; give answers that start with different tokens")
+    return first
+
+
+class LLMJudge:
+    """A larger model asked whether each text shows the emotion (``LLM_JUDGE_PROMPT``).
+
+    ``model``: a catalogue name (loaded with ``load_judge_model``: only where installed) or a
+    loaded model with a chat template (tests use a tiny one). For each text the judge model
+    reads the prompt with ``{emotion}`` and ``{text}`` filled in, as a user turn, and its
+    next-token log-probabilities at the reply opening are taken over the first tokens of
+    ``answers`` ("0", "1", "2"), renormalised among them: the score (column ``name``) is the
+    expected rating ``sum_k k p_k`` (0-2); ``<name>_rating`` the most probable answer;
+    ``<name>_mass`` the probability the full softmax gives the three answers together (how
+    much the judge answers in the format at all). One forward per text, no generation; the
+    judge never sees the steered model or its direction.
+    """
+
+    def __init__(self, model: Any = LLM_JUDGE_MODEL, *, name: str = "llm_concept",
+                 prompt: str = LLM_JUDGE_PROMPT, answers: Sequence[str] = LLM_JUDGE_ANSWERS,
+                 batch_size: int = 8):
+        if "{text}" not in prompt or "{emotion}" not in prompt:
+            raise SteeringError("the judge prompt must contain '{emotion}' and '{text}'")
+        if len(answers) < 2:
+            raise SteeringError(f"give at least two answers, got {list(answers)}")
+        self.model_name = model if isinstance(model, str) else None
+        self.model = load_judge_model(model) if isinstance(model, str) else model
+        self.name = name
+        self.prompt = prompt
+        self.answers = list(answers)
+        self.answer_ids = answer_token_ids(self.model, self.answers)
+        self.batch_size = int(batch_size)
+
+    def conversation(self, text: str, emotion: str) -> list[dict[str, str]]:
+        return [{"role": "user", "content": self.prompt.format(emotion=emotion, text=text)}]
+
+    def rate(self, texts: Sequence[str], emotions: str | Sequence[str]
+             ) -> dict[str, list[float]]:
+        """Score each text for ``emotions`` (one emotion for all, or one per text)."""
+        from emolens.tokens import to_inputs
+
+        ems = [emotions] * len(texts) if isinstance(emotions, str) else list(emotions)
+        if len(ems) != len(texts):
+            raise InputError(f"{len(texts)} texts but {len(ems)} emotions; give one emotion or "
+                             "one per text")
+        values = torch.arange(len(self.answers), dtype=torch.float64)
+        score: list[float] = []
+        rating: list[float] = []
+        mass: list[float] = []
+        device = model_device(self.model)
+        ids = torch.tensor(self.answer_ids)
+        for start in range(0, len(texts), self.batch_size):
+            convs = [self.conversation(str(t), e) for t, e in
+                     zip(texts[start:start + self.batch_size], ems[start:start + self.batch_size])]
+            batch = to_inputs(self.model, convs)
+            with torch.no_grad():
+                logits = self.model(batch.tokens.to(device), return_type="logits",
+                                    **batch.forward_kwargs())
+            rows = torch.arange(len(convs), device=logits.device)
+            lp = logits[rows, batch.reply_pos.to(logits.device)].double().log_softmax(-1).cpu()
+            sel = lp[:, ids]
+            p = sel.softmax(-1)
+            score.extend((p * values).sum(-1).tolist())
+            rating.extend(values[p.argmax(-1)].tolist())
+            mass.extend(sel.exp().sum(-1).tolist())
+        return {self.name: score, f"{self.name}_rating": rating, f"{self.name}_mass": mass}
+
+    def __call__(self, inp: JudgeInput) -> dict[str, list[float]]:
+        return self.rate(inp.replies, inp.emotion)
+
+    def __repr__(self) -> str:
+        who = self.model_name or getattr(getattr(self.model, "cfg", None), "model_name", "?")
+        return f"LLMJudge({who!r}, name={self.name!r})"
+
+
+_LLM_JUDGE: LLMJudge | None = None
+
+
+def llm_concept_judge(inp: JudgeInput) -> dict[str, list[float]]:
+    """``LLMJudge(LLM_JUDGE_MODEL)``, loaded once on first use (ModelNotAvailableError when the
+    catalogue model is not installed)."""
+    global _LLM_JUDGE
+    if _LLM_JUDGE is None:
+        _LLM_JUDGE = LLMJudge(LLM_JUDGE_MODEL)
+    return _LLM_JUDGE(inp)
+
+
+@dataclass
+class JudgeAgreement:
+    """Spearman correlation of two judges over the same generations (``judge_agreement``)."""
+
+    a: str
+    b: str
+    spearman: Any  # emolens.stats.Estimate
+    n: int
+    n_dropped: int
+    expected_sign: int
+
+    @property
+    def statement(self) -> str:
+        import math
+
+        r = self.spearman
+        if math.isnan(r.value):
+            return (f"Over {self.n} generations ({self.n_dropped} without both scores dropped) "
+                    f"the Spearman r between {self.a} and {self.b} is undefined: one of them "
+                    "gives every generation the same score. Nothing is established about their "
+                    "agreement.")
+        sign = {1: "positive", -1: "negative", 0: "either sign"}[self.expected_sign]
+        agree = (r.low > 0 if self.expected_sign > 0 else r.high < 0 if self.expected_sign < 0
+                 else r.low > 0 or r.high < 0)
+        return (f"Over {self.n} generations ({self.n_dropped} without both scores dropped), "
+                f"Spearman r between {self.a} and {self.b} = {r.value:+.3f} (95% bootstrap "
+                f"[{r.low:+.3f}, {r.high:+.3f}], permutation p = {r.p_value:.3g}); expected "
+                f"{sign}: the judges {'agree' if agree else 'do not agree beyond chance'} on "
+                "these texts. Established: whether the two judges rank the generations alike. "
+                "Not established: that either judge is right (neither is a person).")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"a": self.a, "b": self.b, "spearman": self.spearman.to_dict(), "n": self.n,
+                "n_dropped": self.n_dropped, "expected_sign": self.expected_sign,
+                "statement": self.statement}
+
+    def __repr__(self) -> str:
+        return f"JudgeAgreement({self.a} vs {self.b}: r = {self.spearman})"
+
+
+def judge_agreement(frame: Any, a: str = "llm_concept", b: str = "lexicon", *,
+                    expected_sign: int = 1, n_resamples: int = 1000, n_permutations: int = 5000,
+                    seed: int = 0) -> JudgeAgreement:
+    """Spearman r (bootstrap interval over generations, permutation p; ``emolens.stats``) of
+    columns ``a`` and ``b`` of a frame of judged generations (e.g. ``sweep(...,
+    judges=["lexicon", LLMJudge()])``), rows lacking either dropped. ``expected_sign``: +1
+    when both judges should rise together (the lexicon's valence and a positive emotion), -1
+    for a negative emotion against the lexicon's valence, 0 for no expectation."""
+    import numpy as np
+
+    from emolens.stats import spearman
+
+    if expected_sign not in (-1, 0, 1):
+        raise InputError(f"expected_sign must be -1, 0 or 1, got {expected_sign!r}")
+    for c in (a, b):
+        if c not in frame.columns:
+            raise InputError(f"the frame has no column {c!r}; columns: {list(frame.columns)}")
+    x = frame[a].to_numpy(dtype=float)
+    y = frame[b].to_numpy(dtype=float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    est = spearman(x[ok], y[ok], n_resamples=n_resamples, n_permutations=n_permutations,
+                   seed=seed)
+    return JudgeAgreement(a, b, est, int(ok.sum()), int((~ok).sum()), expected_sign)
+
+
+JUDGES: dict[str, Judge] = {"emotion_words": emotion_words_judge, "lexicon": lexicon_judge,
+                            "llm_concept": llm_concept_judge}
 
 
 def register_judge(name: str, judge: Judge) -> None:
