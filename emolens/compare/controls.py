@@ -23,7 +23,8 @@ stories (``emolens.compare.lexical.tfidf_bank``):
   ``sqrt(rel_A rel_B)``); on all shared stories, the RSA and the partial RSA given the TF-IDF
   geometry (``emolens.compare.similarity.partial_rsa_rho``);
 - **learning curves**: for ``sizes`` stories per emotion (an emotion with fewer keeps all it
-  has; the number of emotions capped is recorded), ``n_draws`` random draws of the training
+  has; the number of emotions capped is recorded; sizes at or beyond the most any emotion has
+  collapse into one point, "all"), ``n_draws`` random draws of the training
   stories; each draw's directions, its site chosen on dev, then test accuracy, PC1~valence,
   PC2~arousal and the RSA between every pair of models on the same drawn stories; mean and the
   2.5-97.5 percentiles over draws.
@@ -483,8 +484,13 @@ def _curves(reps: Sequence[_Rep], pool: Mapping[str, list[str]],
     points: dict[str, list[dict[str, Any]]] = {r.name: [] for r in reps}
     pair_points: dict[tuple[str, str], list[dict[str, Any]]] = {}
     model_reps = [r for r in reps if r.kind == "model"]
+    full_done = False
     for size in sizes:
-        draws = 1 if size is None or size >= most else n_draws
+        full = size is None or size >= most  # every shared story: one point, labelled "all"
+        if full and full_done:
+            continue  # a larger size than the pool holds would repeat the "all" point
+        full_done = full_done or full
+        draws = 1 if full else n_draws
         per: dict[str, list[dict[str, float]]] = {r.name: [] for r in reps}
         pair_vals: dict[tuple[str, str], list[float]] = {}
         for _ in range(draws):
@@ -502,18 +508,20 @@ def _curves(reps: Sequence[_Rep], pool: Mapping[str, list[str]],
                     pair_vals.setdefault((a.name, b.name), []).append(
                         rsa_rho(ga.cosine(ga.chosen), gb.cosine(gb.chosen)))
             bar.update(1)
-        label = "all" if size is None else str(size)
+        label = "all" if full else str(size)
         capped = sum(1 for v in pool.values() if size is not None and len(v) < size)
         for rep in reps:
             rows_ = per[rep.name]
             points[rep.name].append({
-                "label": label, "stories_per_emotion": size, "draws": draws,
-                "emotions_with_fewer": capped,
+                "label": label, "stories_per_emotion": None if full else size, "draws": draws,
+                "emotions_with_fewer": capped, "most_per_emotion": most,
                 **{key: _summary([v.get(key, float("nan")) for v in rows_])
                    for key in ("test_accuracy", "PC1_valence_r", "PC2_arousal_r",
                                "best_valence_abs_r_PC1_3", "depth")}})
         for key, vals in pair_vals.items():
-            pair_points.setdefault(key, []).append({"label": label, "stories_per_emotion": size,
+            pair_points.setdefault(key, []).append({"label": label,
+                                                    "stories_per_emotion": None if full else size,
+                                                    "most_per_emotion": most,
                                                     "draws": draws, "rsa": _summary(vals)})
     out = [{"name": n, "points": p, "split": "train draws; site on dev; accuracy on test"}
            for n, p in points.items()]

@@ -110,12 +110,14 @@ def controls_report(result: Any) -> Any:
 
 
 def _size(point: dict[str, Any], result: Any) -> float:
-    """x position of a curve point: its size, or for "all" one step (x2) beyond the largest
-    size on a log axis (the tick is labelled "all")."""
+    """x position of a curve point: its size; for "all", the most stories any emotion has, or
+    one step (x2) beyond the largest drawn size when that is not larger (the tick says "all")."""
     if point["stories_per_emotion"] is not None:
         return float(point["stories_per_emotion"])
-    sizes = [s for s in result.settings["sizes"] if s is not None]
-    return float(max(sizes, default=1) * 2)
+    drawn = [s for s in result.settings["sizes"] if s is not None
+             and s < point.get("most_per_emotion", 0)]
+    most = float(point.get("most_per_emotion") or 0)
+    return most if drawn and most > max(drawn) else float(max(drawn, default=1) * 2)
 
 
 def _ci(pair: Any) -> str:
