@@ -1,4 +1,4 @@
-"""``emolens run --out DIR [--model NAME] [--emotions ...] [--quick]``."""
+"""``emolens run --out DIR [--model NAME] [--emotions ...] [--quick | --full] [--study-round2]``."""
 from __future__ import annotations
 
 import argparse
@@ -12,6 +12,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true",
                    help="smoke test: 6 emotions, every second layer, 16 stories per emotion, "
                         "small steering and causality sizes (under 2 minutes on 2 CPU cores)")
+    p.add_argument("--full", action="store_true",
+                   help="the complete data sets for the causality and round-2 study sections "
+                        "(hours on 2 CPU cores; for a GPU); runs the opt-in sections too")
+    p.add_argument("--study-round2", dest="study_round2", action="store_true",
+                   help="also run the opt-in round-2 study sections (steering_score, "
+                        "reply_prediction, sycophancy: several minutes more on 2 CPU cores) at "
+                        "this run's sizes")
     p.add_argument("--method", default="mean_diff", help="extraction method")
     p.add_argument("--sections", nargs="+", default=None, help="only these report sections")
     p.add_argument("--no-reuse", action="store_true", help="extract again even if cached")
@@ -28,7 +35,8 @@ def main(args: argparse.Namespace) -> int:
     from emolens.pipeline.run import RunConfig, run
 
     results = run(RunConfig(out=args.out, model=args.model, emotions=args.emotions,
-                            quick=args.quick, method=args.method, sections=args.sections,
+                            quick=args.quick, full=args.full,
+                            study_round2=args.study_round2, method=args.method, sections=args.sections,
                             reuse_registry=not args.no_reuse, batch_size=args.batch_size,
                             compute_dtype=args.compute_dtype,
                             progress=not args.quiet))

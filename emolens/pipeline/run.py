@@ -33,6 +33,13 @@ class RunConfig:
     autocast only where the hardware runs bf16 natively, about 1.8x faster there, directions
     agree with float32 ones to cosine > 0.999, see benchmarks/bench_extraction.py; the model's
     own float32 elsewhere), or "float32" / "bfloat16". Everything else runs in the model's dtype.
+
+    The study's round-2 experiments (issue 15; ``STUDY_SECTIONS``) are sized by
+    ``STUDY_SIZES``: ``"quick"`` with ``quick``, ``"full"`` with ``full`` (the complete data
+    sets, for a GPU; it also gives the causality section its ``FULL_SIZES``), ``"run"``
+    otherwise (2 CPU cores). ``study_sizes``: overrides of single sizes (e.g.
+    ``{"score_prompts": 4}``). The sections in ``OPT_IN`` run only with ``study_round2=True``
+    (``--study-round2``), ``full=True`` or when named in ``sections``.
     """
 
     out: Path
@@ -47,6 +54,9 @@ class RunConfig:
     reuse_registry: bool = True
     sections: Sequence[str] | None = None
     seed: int = 0
+    study_round2: bool = False
+    full: bool = False
+    study_sizes: dict[str, Any] | None = None
 
 
 @dataclass
@@ -490,12 +500,13 @@ def _section_scan(ctx: RunContext) -> None:
 
 
 def _section_causality(ctx: RunContext) -> None:
-    from emolens.causality.report import RUN_SIZES, run_causality
+    from emolens.causality.report import FULL_SIZES, RUN_SIZES, run_causality
 
     # the dose-response has its own section (computed once, there)
     sections, figures = run_causality(ctx.model, ctx.registry, quick=ctx.config.quick,
                                       behaviours=("shortcut", "preferences"),
-                                      sizes=None if ctx.config.quick else RUN_SIZES,
+                                      sizes=None if ctx.config.quick else
+                                      FULL_SIZES if ctx.config.full else RUN_SIZES,
                                       seed=ctx.config.seed, progress=ctx.config.progress)
     ctx.results.update(sections)
     caus, beh = sections.get("causality", {}), sections.get("behaviour", {})
@@ -519,6 +530,188 @@ def _section_causality(ctx: RunContext) -> None:
             ctx.report.add_figure(fig, name.replace("_", " "))
 
 
+# ----------------------------------------------------------------- study experiments, round 2
+# Sizes of the round-2 sections (issue 15). "quick": a smoke test; "run": the default run on 2
+# CPU cores; "full": the complete data sets (for a GPU). None = the library's default (all).
+STUDY_SIZES: dict[str, dict[str, Any]] = {
+    "quick": {"detection_emotions": "core", "detection_resamples": 500,
+              "score_emotion": "happy", "score_strengths": (0.0, 0.4), "score_prompts": 4,
+              "score_tokens": 12, "ablation_emotion": "happy", "ablation_layers": 2,
+              "ablation_neutral": 2, "reply_prompts": 8, "reply_tokens": 8,
+              "reply_layers": 2, "syc_items": 2, "syc_random": 1,
+              "syc_positive": ("happy",), "syc_negative": ("desperate",)},
+    "run": {"detection_emotions": "core", "detection_resamples": 1000,
+            "score_emotion": "happy", "score_strengths": (0.0, 0.1, 0.2, 0.4),
+            "score_prompts": 8, "score_tokens": 16, "ablation_emotion": "happy",
+            "ablation_layers": 3, "ablation_neutral": 4, "reply_prompts": 24,
+            "reply_tokens": 24, "reply_layers": 5, "syc_items": 8, "syc_random": 2,
+            "syc_positive": ("happy", "calm"), "syc_negative": ("desperate", "angry")},
+    "full": {"detection_emotions": None, "detection_resamples": 2000,
+             "score_emotion": "happy", "score_strengths": (0.0, 0.05, 0.1, 0.2, 0.4),
+             "score_prompts": 32, "score_tokens": 32, "ablation_emotion": "happy",
+             "ablation_layers": None, "ablation_neutral": 8, "reply_prompts": None,
+             "reply_tokens": 40, "reply_layers": None, "syc_items": None, "syc_random": 3,
+             "syc_positive": ("happy", "loving", "calm"),
+             "syc_negative": ("desperate", "angry", "afraid")},
+}
+
+
+def study_sizes(config: RunConfig) -> dict[str, Any]:
+    """The round-2 sizes this run uses (``STUDY_SIZES`` with ``config.study_sizes`` on top)."""
+    from emolens.errors import InputError
+
+    name = "full" if config.full else "quick" if config.quick else "run"
+    out = {"preset": name, **STUDY_SIZES[name]}
+    for k, v in (config.study_sizes or {}).items():
+        if k not in STUDY_SIZES["run"]:
+            raise InputError(f"unknown study size {k!r}; valid: {sorted(STUDY_SIZES['run'])}")
+        out[k] = v
+    return out
+
+
+def _sizes_record(sz: dict[str, Any]) -> dict[str, Any]:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in sz.items()}
+
+
+def _spread_layers(layers: Sequence[int], default: int, k: int | None) -> list[int]:
+    """``k`` registry layers evenly spread from the first to the last, with the default layer
+    in place of the nearest of them (all of them for ``k=None``)."""
+    ordered = sorted(int(x) for x in layers)
+    if k is None or k >= len(ordered):
+        return ordered
+    pick = [ordered[round(i * (len(ordered) - 1) / (k - 1))] for i in range(k)] if k > 1 \
+        else [int(default)]
+    if int(default) not in pick:
+        pick[min(range(len(pick)), key=lambda j: abs(pick[j] - int(default)))] = int(default)
+    return sorted(set(pick))
+
+
+def _pick_emotion(reg: Any, wanted: str) -> str:
+    emos = [e for e in CORE_EMOTIONS if e in reg.emotions] or list(reg.emotions)
+    return wanted if wanted in reg.emotions else emos[0]
+
+
+def _section_detection(ctx: RunContext) -> None:
+    from emolens.steering import detection_auc
+
+    reg, sz = ctx.registry, study_sizes(ctx.config)
+    emos = ([e for e in CORE_EMOTIONS if e in reg.emotions] or None) \
+        if sz["detection_emotions"] == "core" else sz["detection_emotions"]
+    res = detection_auc(ctx.model, reg, emotions=emos, n_resamples=sz["detection_resamples"],
+                        seed=ctx.config.seed, batch_size=ctx.config.batch_size)
+    ctx.results["detection"] = {**res.to_dict(), "sizes": _sizes_record(sz)}
+    ctx.report.add_section(
+        "detection", "Concept detection (AxBench): ROC-AUC of each direction, one-vs-rest",
+        f"{res.statement} (`emolens.steering.detection_auc(model, registry, emotions="
+        f"{len(res.emotions)} core emotions)`.)",
+        limits="Held-out stories of the bundled corpus: same authors and style as the training "
+               "stories.")
+    ctx.report.add_figure(res.figure(), "ROC-AUC - 0.5 per emotion with 95% stratified "
+                          "bootstrap intervals; random unit directions as placebo")
+
+
+def _section_steering_score(ctx: RunContext) -> None:
+    from emolens.steering import steering_score
+    from emolens.steering.metrics import default_prompts
+
+    reg, sz = ctx.registry, study_sizes(ctx.config)
+    emotion = _pick_emotion(reg, sz["score_emotion"])
+    words = [e for e in CORE_EMOTIONS if e in reg.emotions] or None
+    prompts = default_prompts(sz["score_prompts"]) if sz["score_prompts"] else default_prompts()
+    res = steering_score(ctx.model, reg, emotion, list(sz["score_strengths"]), prompts,
+                         max_new_tokens=sz["score_tokens"], words=words, seed=ctx.config.seed,
+                         progress=ctx.config.progress)
+    ctx.results["steering_score"] = {**res.to_dict(), "n_prompts": len(prompts),
+                                     "candidate_words": words or list(reg.emotions),
+                                     "sizes": _sizes_record(sz)}
+    ctx.report.add_section(
+        "steering_score", "Steering in the field's terms: steering score and anti-steerable "
+        "fraction",
+        f"{res.statement} (`emolens.steering.steering_score(model, registry, {emotion!r}, "
+        f"{list(sz['score_strengths'])}, prompts, max_new_tokens={sz['score_tokens']})`; the "
+        f"concept judge ranks the word among {len(words or reg.emotions)} emotion words.)",
+        limits=f"{len(prompts)} prompts and {sz['score_tokens']} new tokens per generation; "
+               "the judges are the unsteered model's own probabilities, not an LLM judge or "
+               "people.")
+    ctx.report.add_figure(res.figure(), "Steering score per strength (harmonic mean of concept, "
+                          "relevance, fluency; 95% bootstrap over prompts), random direction as "
+                          "placebo")
+
+
+def _section_ablation(ctx: RunContext) -> None:
+    from emolens.causality import ablation_scan
+
+    reg, sz = ctx.registry, study_sizes(ctx.config)
+    emotion = _pick_emotion(reg, sz["ablation_emotion"])
+    layers = _spread_layers(reg.layers, reg.default_layer, sz["ablation_layers"])
+    res = ablation_scan(ctx.model, reg, emotion, layers=layers, n_neutral=sz["ablation_neutral"],
+                        seed=ctx.config.seed, progress=ctx.config.progress)
+    ctx.results["ablation"] = {**res.to_dict(), "sizes": _sizes_record(sz)}
+    ctx.report.add_section(
+        "ablation", "Directional ablation (Arditi et al.): which layer's direction matters",
+        f"{res.statement} (`emolens.causality.ablation_scan(model, registry, {emotion!r}, "
+        f"layers={layers}, n_neutral={sz['ablation_neutral']})`.)",
+        limits=f"{len(layers)} candidate layers and {res.n_neutral} neutral dialogues for the KL.")
+    ctx.report.add_figure(res.figure(), "Change of the metric (95% bootstrap) and KL on neutral "
+                          "text per ablated layer; random directions as placebo")
+
+
+def _section_reply_prediction(ctx: RunContext) -> None:
+    from emolens.readout import reply_emotion_prediction
+
+    reg, sz = ctx.registry, study_sizes(ctx.config)
+    emos = [e for e in CORE_EMOTIONS if e in reg.emotions] or None
+    layers = _spread_layers(reg.layers, reg.default_layer, sz["reply_layers"])
+    res = reply_emotion_prediction(ctx.model, reg, n_prompts=sz["reply_prompts"], emotions=emos,
+                                   layers=layers, max_new_tokens=sz["reply_tokens"],
+                                   batch_size=ctx.config.batch_size, seed=ctx.config.seed,
+                                   progress=ctx.config.progress)
+    ctx.results["reply_prediction"] = {**res.to_dict(), "sizes": _sizes_record(sz)}
+    ctx.report.add_section(
+        "reply_prediction", "Which token predicts the reply's emotion: reply-opening vs the "
+        "user's last token",
+        f"{res.statement} (`emolens.readout.reply_emotion_prediction(model, registry, "
+        f"n_prompts={sz['reply_prompts']}, layers={layers}, "
+        f"max_new_tokens={sz['reply_tokens']})`.)",
+        limits=f"{res.n_prompts} scenario prompts, greedy replies of {sz['reply_tokens']} tokens "
+               "read by the same directions (no external judge of the reply's emotion).")
+    ctx.report.add_figure(res.figure(), "Pooled r (emotions centred over prompts) of each "
+                          "position's readout with the reply's emotion, per predictor layer")
+
+
+def _section_sycophancy(ctx: RunContext) -> None:
+    from emolens.causality.sycophancy import load_sycophancy_items, sycophancy_experiment
+
+    reg, sz = ctx.registry, study_sizes(ctx.config)
+    pos = [e for e in sz["syc_positive"] if e in reg.emotions]
+    neg = [e for e in sz["syc_negative"] if e in reg.emotions]
+    if not pos and not neg:
+        ctx.results["sycophancy"] = {"skipped": f"none of {sz['syc_positive']} / "
+                                                f"{sz['syc_negative']} in the registry"}
+        return
+    items = load_sycophancy_items()
+    if sz["syc_items"] is not None:  # both kinds alike: alternate wrong claims and weak work
+        by_kind: dict[str, list[Any]] = {}
+        for it in items:
+            by_kind.setdefault(it.kind, []).append(it)
+        mixed = [it for group in zip(*by_kind.values()) for it in group]
+        items = mixed[: sz["syc_items"]]
+    res = sycophancy_experiment(ctx.model, reg, positive=pos, negative=neg, items=items,
+                                n_random=sz["syc_random"], seed=ctx.config.seed,
+                                progress=ctx.config.progress)
+    ctx.results["sycophancy"] = {**res.to_dict(), "items": [it.id for it in items],
+                                 "sizes": _sizes_record(sz)}
+    ctx.report.add_section(
+        "sycophancy", "Sycophancy and harshness under steering (A/B, both answer orders)",
+        f"{res.statement} (`emolens.causality.sycophancy.sycophancy_experiment(model, registry, "
+        f"positive={pos}, negative={neg}, items={len(items)} items, "
+        f"n_random={sz['syc_random']})`.)",
+        limits=f"{len(items)} of the {len(load_sycophancy_items())} bundled items and "
+               f"{sz['syc_random']} random directions: intervals are wide.")
+    ctx.report.add_figure(res.figure(), "Change of the order-averaged log-odds from unsteered "
+                          "(95% paired bootstrap), random directions of equal norm as placebo")
+
+
 def _machine() -> dict[str, Any]:
     """The CPU (model and bf16 flags) and thread count every timing in results.json ran on."""
     import torch
@@ -539,8 +732,28 @@ SECTIONS: dict[str, Callable[[RunContext], None]] = {
     "steering": _section_steering,
     "scan": _section_scan,
     "causality": _section_causality,
+    "detection": _section_detection,
+    "steering_score": _section_steering_score,
+    "ablation": _section_ablation,
+    "reply_prediction": _section_reply_prediction,
+    "sycophancy": _section_sycophancy,
 }
 REQUIRED = ("model", "corpus", "registry")
+#: the study's round-2 experiments (issue 15), sized by ``STUDY_SIZES``
+STUDY_SECTIONS = ("detection", "steering_score", "ablation", "reply_prediction", "sycophancy")
+#: sections that run only with ``--study-round2`` / ``--full`` or when named in ``--sections``:
+#: together they would add several minutes to the default run on 2 CPU cores
+#: (docs/study_round2.md, "In the main job")
+OPT_IN: tuple[str, ...] = ("steering_score", "reply_prediction", "sycophancy")
+
+
+def selected_sections(config: RunConfig) -> list[str]:
+    """The sections a run executes, in order: ``config.sections`` (plus the required ones), or
+    every section but the ``OPT_IN`` ones unless ``study_round2`` or ``full``."""
+    if config.sections:
+        wanted = set(config.sections)
+        return [s for s in SECTIONS if s in wanted or s in REQUIRED]
+    return [s for s in SECTIONS if s not in OPT_IN or config.study_round2 or config.full]
 
 
 def register_section(name: str, fn: Callable[[RunContext], None]) -> None:
@@ -562,6 +775,10 @@ def run(config: RunConfig) -> dict[str, Any]:
             if name not in SECTIONS:
                 raise InputError(unknown_name_message("section", name, SECTIONS,
                                                       "see `emolens run --help`"))
+    if config.quick and config.full:
+        raise InputError("quick and full exclude each other: give --quick (smoke test) or "
+                         "--full (the complete data sets, for a GPU), not both")
+    study_sizes(config)  # unknown size names fail before any work
     config.out = check_output_folder(config.out, error=InputError, what="--out")
     ctx = RunContext(config)
     from emolens.distributed import init_distributed, launched_by_torchrun
@@ -577,7 +794,7 @@ def run(config: RunConfig) -> dict[str, Any]:
                               "on an open model. Each section says what its result shows and "
                               "what it does not.")
     t_all = time.perf_counter()
-    wanted = list(config.sections) if config.sections else list(SECTIONS)
+    wanted = selected_sections(config)
     errors = {}
     for name in SECTIONS:
         if (name not in wanted or not ctx.is_main) and name not in REQUIRED:
@@ -593,7 +810,9 @@ def run(config: RunConfig) -> dict[str, Any]:
             ctx.results[name] = {"error": errors[name]}
             ctx.log(f"{name} FAILED: {errors[name]}\n{traceback.format_exc()}")
         ctx.timings[name] = round(time.perf_counter() - t0, 2)
-    ctx.results["run"] = {"quick": config.quick, "seconds": round(time.perf_counter() - t_all, 1),
+    ctx.results["run"] = {"quick": config.quick, "full": config.full,
+                          "study_round2": config.study_round2 or config.full,
+                          "opt_in_sections": list(OPT_IN), "seconds": round(time.perf_counter() - t_all, 1),
                           "section_seconds": ctx.timings, "errors": errors,
                           "emolens_version": __import__("emolens").__version__,
                           "machine": _machine()}

@@ -76,6 +76,27 @@ def test_quick_main_job_runs_every_section(quick_run: tuple[Path, dict]) -> None
     sweep = r["steering"]["valence_sweep"]
     assert len(sweep["per_strength"]) >= 5
     assert r["behaviour"]["shortcut"]["n_scenarios"] >= 1
+    from emolens.pipeline.run import OPT_IN, STUDY_SECTIONS
+
+    # the round-2 study sections: the default ones ran (with their statements), the opt-in
+    # ones did not (they need --study-round2)
+    for key in STUDY_SECTIONS:
+        assert (key in r) == (key not in OPT_IN), key
+        if key in r:
+            assert r[key]["sizes"]["preset"] == "quick" and len(r[key]["statement"]) > 80, key
+    assert r["run"]["opt_in_sections"] == list(OPT_IN)
+    if "detection" in r:  # the directions detect their emotions on held-out stories
+        det = r["detection"]
+        assert set(det["per_emotion"]) == set(QUICK_EMOTIONS)
+        assert det["mean_auc"] > 0.75 and det["mean_auc"] > det["mean_placebo_auc"] + 0.15, det
+    if "steering_score" in r:
+        sc = r["steering_score"]
+        assert sc["emotion"] == "happy" and len(sc["by_strength"]) == len(sc["strengths"])
+        assert all(0.0 <= row["score"] <= 2.0 for row in sc["by_strength"])
+        assert 0.0 <= sc["anti_steerable_fraction"]["value"] <= 1.0 and "placebo" in sc
+    if "ablation" in r:
+        ab = r["ablation"]
+        assert reg.default_layer in ab["layers"] and all(k >= -1e-6 for k in ab["kl"])
 
 
 @pytest.mark.browser
