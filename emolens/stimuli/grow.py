@@ -40,9 +40,13 @@ def _safe(name: str) -> str:
 def grow_corpus(authors: Sequence[Any], judge: Any, emotions: Sequence[str],
                 topics: Sequence[str], n_per_topic: int, out_dir: str | Path, *, k: int = 5,
                 candidates: Sequence[str] | None = None, batch_size: int = 4,
-                seed: int = 0, progress: bool = True, **generate_kwargs: Any) -> dict[str, Any]:
+                max_new_tokens: int = 140, seed: int = 0, progress: bool = True,
+                **generate_kwargs: Any) -> dict[str, Any]:
     """Generate, filter and check stories (see the module docstring). ``candidates``: the
     emotion words the judge chooses among (default: every emotion of the bundled corpus).
+    ``max_new_tokens`` (default 140, about 100 words): longer samples overrun the 120-word limit
+    (measured: SmolLM2-135M at 200 tokens wrote two of two stories too long); an unfinished
+    last sentence is cut. Other ``generate_stories`` options pass through.
     Returns a summary per author: generated, kept, the judge's top-1 and pass rates, seconds."""
     from emolens.io import atomic_open
     from emolens.stimuli import load_corpus
@@ -68,7 +72,7 @@ def grow_corpus(authors: Sequence[Any], judge: Any, emotions: Sequence[str],
         path = out / f"generated-{_safe(name)}.jsonl"
         gen = generate_stories(model, emotions, topics, n_per_topic, out_path=path,
                                batch_size=batch_size, seed=seed, progress=progress,
-                               **generate_kwargs)
+                               max_new_tokens=max_new_tokens, **generate_kwargs)
         if isinstance(spec, str):
             del model
             gc.collect()
