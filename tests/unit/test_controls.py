@@ -238,3 +238,27 @@ def test_load_story_bank_reads_without_the_model(tiny, tmp_path):
     assert torch.equal(loaded.neutral_outer, built.neutral_outer)
     assert torch.equal(loaded.fit(loaded.rows("train")).tensor(),
                        built.fit(built.rows("train")).tensor())
+
+
+def test_controls_report_and_cli_arguments():
+    from emolens.compare.controls_cli import _model_spec
+    from emolens.compare.controls_report import controls_report
+
+    g = torch.Generator().manual_seed(5)
+    geometry = torch.randn(N_EMO, 8, generator=g) * 3
+    recs = _records(N_EMO, N_TRAIN, N_HELD)
+    quirks = torch.zeros(len(recs), 8)
+    banks = {"a": _bank(_planted(1, geometry, quirks, 0.5, D), recs, N_EMO, "a"),
+             "b": _bank(_planted(2, geometry, quirks, 0.5, D), recs, N_EMO, "b")}
+    res = geometry_controls(banks, norms=_norms(geometry), tfidf=False, n_splits=2,
+                            sizes=(4, 48, None), n_draws=2, n_boot=20, n_perm=20,
+                            progress=False)
+    pts = next(c for c in res.curves if c["name"] == "a")["points"]
+    assert [p["label"] for p in pts] == ["4", "all"]  # 48 and None both mean every story
+    html = controls_report(res).to_html()
+    assert html.count("<img") >= 4 and "Split-half reliability" in html
+    assert "a vs b" in html
+    assert _model_spec("qwen2.5-coder-1.5b:12") == ("qwen2.5-coder-1.5b", 12)
+    assert _model_spec("smollm2-135m") == ("smollm2-135m", None)
+    with pytest.raises(InputError, match="whole number"):
+        _model_spec("smollm2-135m:0")
