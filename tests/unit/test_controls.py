@@ -16,29 +16,11 @@ from emolens.compare.lexical import tfidf_bank, words
 from emolens.errors import InputError
 from emolens.sites import Site
 
-NORMS = {"sunny": (8.0, 5.0), "stormy": (3.0, 6.5), "quiet": (6.0, 2.0), "busy": (5.0, 7.0)}
-
-
-def _tiny_corpus():
-    from emolens.stimuli import Corpus
-
-    words_ = {"sunny": ["sun", "warm", "bright", "light", "summer", "glow"],
-              "stormy": ["rain", "thunder", "dark", "wind", "storm", "cold"],
-              "quiet": ["still", "hush", "soft", "silent", "calm", "slow"],
-              "busy": ["rush", "crowd", "loud", "fast", "noise", "many"]}
-    recs = []
-    for emo, ws in words_.items():
-        for i in range(24):
-            text = f"the {ws[i % 6]} and the {ws[(i + 1) % 6]} came back, {ws[(i + 2) % 6]} day"
-            recs.append({"id": f"{emo}-{i}", "kind": "story", "emotion": emo, "text": text})
-    recs.append({"id": "n0", "kind": "neutral", "messages": [
-        {"role": "user", "content": "what time is it"},
-        {"role": "assistant", "content": "it is noon"}]})
-    return Corpus.from_records(recs, forbidden={})
-
 
 @pytest.fixture(scope="module")
 def tiny():
+    from test_compare import _tiny_corpus  # the same four-emotion corpus as the compare tests
+
     from emolens.testing import tiny_model
 
     return tiny_model(seed=1, n_layers=4), _tiny_corpus()
