@@ -748,9 +748,9 @@ REQUIRED = ("model", "corpus", "registry")
 #: the study's round-2 experiments (issue 15), sized by ``STUDY_SIZES``
 STUDY_SECTIONS = ("detection", "steering_score", "ablation", "reply_prediction", "sycophancy")
 #: sections that run only with ``--study-round2`` / ``--full`` or when named in ``--sections``:
-#: each costs 115-400 CPU seconds at the default sizes, so together they would add several
-#: minutes to the default run on 2 CPU cores (docs/study_round2.md, "In the main job")
-OPT_IN: tuple[str, ...] = ("steering_score", "ablation", "reply_prediction", "sycophancy")
+#: at the default sizes each would add 1.5-4 minutes to the run on 2 CPU cores, the default
+#: ones (detection, ablation) about 45 s together (docs/study_round2.md, "In the main job")
+OPT_IN: tuple[str, ...] = ("steering_score", "reply_prediction", "sycophancy")
 
 
 def selected_sections(config: RunConfig) -> list[str]:
