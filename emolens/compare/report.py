@@ -34,6 +34,14 @@ def _errbar(ax: Any, xs: np.ndarray, vals: list[float], cis: list[list[float]], 
                 capsize=3, **kw)
 
 
+def _logx(ax: Any) -> None:
+    """A log parameter axis with labelled decades only (minor labels overlap)."""
+    from matplotlib.ticker import NullFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def _legend(ax: Any) -> None:
     """A legend only when something carries a label (no matplotlib warning on empty axes)."""
     if ax.get_legend_handles_labels()[0]:
@@ -57,7 +65,7 @@ def ladder_accuracy_figure(models: list[dict[str, Any]]) -> Any:
     if have:
         ax.axhline(have[0]["test"]["chance"], ls=":", color="0.3", label="chance")
     _label_points(ax, xs, acc, [m["name"] for m in have])
-    ax.set_xscale("log")
+    _logx(ax)
     ax.set_xlabel("parameters")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1.02)
@@ -102,7 +110,7 @@ def ladder_geometry_figure(models: list[dict[str, Any]]) -> Any:
                 [e["ci"] for e in ev], label=f"{k} (bias-corrected, 95% basic CI)")
         ax1.plot(xs, [e["value"] for e in ev], "o", mfc="none", color=ax1.lines[-1].get_color()
                  if ax1.lines else None, label=f"{k} sample share")
-    ax1.set_xscale("log")
+    _logx(ax1)
     ax1.set_xlabel("parameters")
     ax1.set_ylabel("share of variance over emotions")
     ax1.set_title("PC1 / PC2 explained variance (default layer)")
@@ -118,7 +126,7 @@ def ladder_geometry_figure(models: list[dict[str, Any]]) -> Any:
                   [m["name"] for m in have])
     ax2.axhline(0, color="0.3", lw=0.8)
     if have:
-        ax2.set_xscale("log")
+        _logx(ax2)
     else:
         ax2.text(0.5, 0.5, "fewer than 5 rated emotions: no correlation", ha="center",
                  transform=ax2.transAxes, fontsize=8)
@@ -177,7 +185,7 @@ def ladder_word_test_figure(models: list[dict[str, Any]]) -> Any:
                     label=label, **kw)
         ax2.axhline(0, color="0.3", lw=0.8)
         for ax in (ax1, ax2):
-            ax.set_xscale("log")
+            _logx(ax)
     else:
         for ax in (ax1, ax2):
             _empty(ax, "no word test in this comparison")
@@ -220,16 +228,16 @@ def ladder_scenario_figure(models: list[dict[str, Any]]) -> Any:
                  label="shuffled labels (95th percentile)")
         ax2.axhline(0, color="0.3", lw=0.8)
         for ax in (ax1, ax2):
-            ax.set_xscale("log")
+            _logx(ax)
     else:
         for ax in (ax1, ax2):
             _empty(ax, "no scenarios in this comparison")
     ax1.set_xlabel("parameters")
     ax1.set_ylabel("share of scenarios")
-    ax1.set_title("Implicit-scenario diagonal (columns standardised)")
+    ax1.set_title("Scenario diagonal (columns standardised)")
     ax2.set_xlabel("parameters")
     ax2.set_ylabel("z (readout standardised over scenarios)")
-    ax2.set_title("Own-emotion readout at the reply-opening token")
+    ax2.set_title("Own-emotion z at the reply-opening token")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
         _legend(ax)
