@@ -27,9 +27,10 @@ def test_generate_a_few_stories_with_the_default_model(default_model, tmp_path):
         matcher = ForbiddenMatcher([*forbidden[rec.emotion], *GENERIC_FORBIDDEN])
         assert matcher.find(rec.text) is None, rec.text
         assert rec.meta["model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+        assert rec.author == rec.meta["model"]  # generated stories name their author
     for line in lines:
-        assert set(json.loads(line)) == {"id", "kind", "emotion", "topic", "person", "text",
-                                         "meta"}
+        assert set(json.loads(line)) == {"id", "kind", "emotion", "topic", "person", "author",
+                                         "text", "meta"}
     # a rerun finds the filled slots done and generates nothing
     filled = sorted({r.emotion for r in corpus.stories()})
     again = generate_stories(default_model, filled, ["beach day"], 1, out_path=out,
