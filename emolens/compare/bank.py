@@ -403,33 +403,13 @@ def _author(rec: Any) -> str:
 
 def _stream_stories(model: Any, texts: list[str], sites: list[Site], batch_size: int,
                     compute_dtype: torch.dtype | None, bar: Any) -> dict[str, torch.Tensor]:
-    from emolens.extraction import stream_sites
-    from emolens.extraction.accumulator import masked_means
-    from emolens.positions import position_mask
-    from emolens.runtime import sorted_batches
+    from emolens.extraction import stream_text_means
 
-    n, d = len(texts), int(model.cfg.d_model)
-    means = torch.zeros(n, len(sites), d)
-    keep = torch.zeros(n, dtype=torch.bool)
-    norm_sum = torch.zeros(n, len(sites), dtype=torch.float64)
-    n_tokens = torch.zeros(n, dtype=torch.float64)
-    for idx in sorted_batches(texts, batch_size):
-        rows = torch.tensor(idx)
-
-        def on_batch(i: int, act: torch.Tensor, batch: Any, rows: torch.Tensor = rows) -> None:
-            mask = position_mask(batch, "content")
-            m, has = masked_means(act, mask)
-            means[rows, i] = m.float().cpu()
-            w = mask.to(act.device, act.dtype)
-            norm_sum[rows, i] = (act.norm(dim=-1) * w).sum(-1).double().cpu()
-            if i == 0:
-                keep[rows] = has.cpu()
-                n_tokens[rows] = w.sum(-1).double().cpu()
-
-        stream_sites(model, [texts[i] for i in idx], sites, on_batch,
-                     compute_dtype=compute_dtype)
-        bar.update(len(idx))
-    return {"means": means, "keep": keep, "norm_sum": norm_sum, "n_tokens": n_tokens}
+    got = stream_text_means(model, texts, sites, policy="content", batch_size=batch_size,
+                            compute_dtype=compute_dtype, norms=True, bar=bar)
+    assert got.norm_sum is not None and got.n_tokens is not None  # norms=True fills both
+    return {"means": got.means, "keep": got.keep, "norm_sum": got.norm_sum,
+            "n_tokens": got.n_tokens}
 
 
 def _stream_neutral(model: Any, neutral: list[Any], sites: list[Site], batch_size: int,

@@ -11,6 +11,8 @@ _NAMES = {
     "extract_emotions": "emolens.extraction.extract",
     "fit_directions": "emolens.extraction.extract",
     "stream_sites": "emolens.extraction.extract",
+    "stream_text_means": "emolens.extraction.extract",
+    "TextMeans": "emolens.extraction.extract",
     "SpeakerCosines": "emolens.extraction.speakers",
     "extract_speaker_emotions": "emolens.extraction.speakers",
     "speaker_story_cosines": "emolens.extraction.speakers",
@@ -27,7 +29,13 @@ __getattr__, __dir__ = attach(__name__, _NAMES)
 
 if TYPE_CHECKING:  # pragma: no cover
     from emolens.extraction.accumulator import ClassMeanAccumulator, MomentAccumulator
-    from emolens.extraction.extract import extract_emotions, fit_directions, stream_sites
+    from emolens.extraction.extract import (
+        TextMeans,
+        extract_emotions,
+        fit_directions,
+        stream_sites,
+        stream_text_means,
+    )
     from emolens.extraction.methods import (
         METHODS,
         ExtractionData,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 
 from emolens.errors import ExtractionError, InputError, check_positive_int
 from emolens.extraction.accumulator import ClassMeanAccumulator, MomentAccumulator, masked_means
@@ -263,8 +263,6 @@ def extract_emotions(model: Any, corpus: Any = None, *, layers: Any = None,
     held_ids = _dist_shard(ctx, model, heldout.texts) if keep_heldout else []
     local_held = LabelledTexts([heldout.texts[i] for i in held_ids],
                                [heldout.labels[i] for i in held_ids])
-    held_means = torch.zeros(len(held_ids), len(sites), d_model)
-    held_keep = torch.zeros(len(held_ids), dtype=torch.bool)
 
     # ---- pass 1: training texts, neutral dialogues, held-out texts (this rank's shard of each)
     bar = progress_bar(total=len(local_train.texts) + len(local_neutral) + len(local_held.texts),
@@ -273,8 +271,9 @@ def extract_emotions(model: Any, corpus: Any = None, *, layers: Any = None,
         _pass1(model, local_train, train_ids, local_neutral, sites, acc, control_accs,
                shuffled_labels, moments, policy, batch_size, padding_side, compute_dtype,
                algo.needs_features, feat_rows, feat_labels, feat_index, bar)
-        _heldout_means(model, local_held, sites, policy, batch_size, padding_side,
-                       compute_dtype, held_means, held_keep, bar)
+        held = stream_text_means(model, local_held.texts, sites, policy=policy,
+                                 batch_size=batch_size, padding_side=padding_side,
+                                 compute_dtype=compute_dtype, bar=bar)
     bar.close()
     ctx.all_reduce_([t for a in (acc, *control_accs) for t in
                      (a.sums, a.counts, a.norm_sum, a.norm_count)]
@@ -306,7 +305,7 @@ def extract_emotions(model: Any, corpus: Any = None, *, layers: Any = None,
             if split == "test" and not test.texts:
                 continue
             confusion, control_correct = _new_counts(len(sites), len(names), len(controls))
-            _score_heldout(held_means[rows], held_keep[rows], labels[rows], unit, center,
+            _score_heldout(held.means[rows], held.keep[rows], labels[rows], unit, center,
                            controls, confusion, control_correct)
             ctx.all_reduce_([confusion, control_correct])
             fig = {**_validation_figures(sites, len(names), confusion, control_correct,
@@ -521,21 +520,53 @@ def _score_heldout(means: torch.Tensor, keep: torch.Tensor, labels: torch.Tensor
                     control_correct)
 
 
-def _heldout_means(model: Any, held: LabelledTexts, sites: list[Site], policy: str,
-                   batch_size: int, padding_side: str, compute_dtype: torch.dtype | None,
-                   out: torch.Tensor, keep: torch.Tensor, bar: Any) -> None:
-    """Per-text means ``[text, site, d_model]`` of ``held`` into ``out`` (rows in ``held``'s
-    order); ``keep``: texts with at least one position under the policy."""
-    for texts, _, idx in _batches(held, batch_size):
-        def on_held(i: int, act: torch.Tensor, batch: TokenizedBatch,
-                    idx: torch.Tensor = idx) -> None:
-            means, has = masked_means(act, position_mask(batch, policy))
-            out[idx, i] = means.float().cpu()
-            keep[idx] = has.cpu()
+@dataclass
+class TextMeans:
+    """Per-text means of a streamed list of texts (rows in the list's order).
 
-        stream_sites(model, texts, sites, on_held, padding_side=padding_side,
-                     compute_dtype=compute_dtype)
-        bar.update(len(texts))
+    ``means``: each text's mean activation over the positions of the policy, per site; ``keep``:
+    texts with at least one such position (the others have zero means). With ``norms=True``
+    also ``norm_sum`` (the sum over those positions of the activation's L2 norm, per site) and
+    ``n_tokens`` (how many positions); otherwise both are None."""
+
+    means: Float[torch.Tensor, "text site d_model"]
+    keep: Bool[torch.Tensor, " text"]
+    norm_sum: Float[torch.Tensor, "text site"] | None = None
+    n_tokens: Float[torch.Tensor, " text"] | None = None
+
+
+def stream_text_means(model: Any, texts: Sequence[TextInput], sites: Sequence[Site], *,
+                      policy: str = "content", batch_size: int = 16,
+                      padding_side: str = "right", compute_dtype: torch.dtype | None = None,
+                      norms: bool = False, bar: Any = None) -> TextMeans:
+    """Stream ``texts`` in length-sorted batches (``stream_sites``) and keep each text's mean
+    activation under the position ``policy`` at every site (float32, on the CPU), the pooling
+    that ``extract_emotions`` sums; ``bar`` (a progress bar, optional) advances by each
+    batch's size. Used by extraction's held-out pass and by ``emolens.compare.StoryBank``."""
+    texts = list(texts)
+    n, d = len(texts), int(model.cfg.d_model)
+    out = TextMeans(torch.zeros(n, len(sites), d), torch.zeros(n, dtype=torch.bool),
+                    torch.zeros(n, len(sites), dtype=torch.float64) if norms else None,
+                    torch.zeros(n, dtype=torch.float64) if norms else None)
+    for idx in sorted_batches(texts, batch_size):
+        rows = torch.tensor(idx)
+
+        def on_batch(i: int, act: torch.Tensor, batch: TokenizedBatch,
+                     rows: torch.Tensor = rows) -> None:
+            mask = position_mask(batch, policy)
+            means, has = masked_means(act, mask)
+            out.means[rows, i] = means.float().cpu()
+            out.keep[rows] = has.cpu()
+            if out.norm_sum is not None and out.n_tokens is not None:
+                w = mask.to(act.device, act.dtype)
+                out.norm_sum[rows, i] = (act.norm(dim=-1) * w).sum(-1).double().cpu()
+                out.n_tokens[rows] = w.sum(-1).double().cpu()
+
+        stream_sites(model, [texts[i] for i in idx], sites, on_batch,
+                     padding_side=padding_side, compute_dtype=compute_dtype)
+        if bar is not None:
+            bar.update(len(idx))
+    return out
 
 
 def _validation_figures(sites: list[Site], n_cls: int, confusion: torch.Tensor,
