@@ -215,20 +215,19 @@ class StoryBank:
     def accuracy(self, registry: Any, rows: Int[torch.Tensor, " rows"]
                  ) -> dict[int, Bool[torch.Tensor, " rows"]]:
         """Per site of ``registry`` (by layer), which of the stories ``rows`` the one scoring
-        rule (``emolens.scoring``: argmax of the centred projection) classifies correctly."""
-        from emolens.scoring import score
-
-        labels = self.labels[rows]
+        rule (``emolens.scoring``: argmax of the centred projection) classifies correctly:
+        ``predictions`` with the registry's directions and centres, against the labels."""
         names = {s.name: i for i, s in enumerate(self.sites)}
-        out = {}
         for site in registry.sites:
             if site.name not in names:
                 raise RegistryError(f"registry site {site.name!r} is not in this bank "
                                     f"({[s.name for s in self.sites]})")
-            x = self.means[rows, names[site.name]]
-            pred = score(x, registry.matrix(site.name), registry.center(site.name)).argmax(-1)
-            out[site.layer] = pred == labels
-        return out
+        unit = torch.stack([registry.matrix(s.name) for s in registry.sites])
+        center = torch.stack([registry.center(s.name) for s in registry.sites])
+        rows = _as_rows(rows)
+        pred = self.predictions(unit, center, rows, [names[s.name] for s in registry.sites])
+        labels = self.labels[rows]
+        return {site.layer: pred[k] == labels for k, site in enumerate(registry.sites)}
 
 
 def _site_list(model: Any, depths: Sequence[float] | None, layers: Sequence[int] | None
