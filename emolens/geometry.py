@@ -164,6 +164,19 @@ def _check_orient(orient: Mapping[str, str], emotions: list[str], k: int) -> dic
     return out
 
 
+def affect_orient(emotions: Sequence[str], norms: Mapping[str, Sequence[float]]
+                  ) -> dict[str, str]:
+    """The ``orient=`` of ``emotion_pca`` that reads PC1 as valence and PC2 as arousal:
+    PC1 positive for the highest-valence emotion of ``emotions`` that ``norms`` rates
+    (``emotion -> (valence, arousal)``), PC2 for the highest-arousal one; ``{}`` when none is
+    rated."""
+    rated = [e for e in emotions if e in norms]
+    if not rated:
+        return {}
+    return {"PC1": max(rated, key=lambda e: norms[e][0]),
+            "PC2": max(rated, key=lambda e: norms[e][1])}
+
+
 def emotion_pca(registry: EmotionRegistry, layer: LayerArg = None,
                 n_components: int | None = None, *,
                 orient: Mapping[str, str] | None = None) -> EmotionPCA:
@@ -678,6 +691,6 @@ def logit_lens(model: Any, registry: EmotionRegistry, layer: LayerArg = None, k:
 
 __all__ = [
     "AffectCorrelation", "CrossLayerSimilarity", "EmotionClusters", "EmotionPCA",
-    "affect_correlation", "cosine_matrix", "cross_layer_similarity", "emotion_clusters",
+    "affect_correlation", "affect_orient", "cosine_matrix", "cross_layer_similarity", "emotion_clusters",
     "emotion_pca", "logit_lens",
 ]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -252,6 +253,26 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     with atomic_open(path, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=False, default=_json_default)
         f.write("\n")
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float replaced by None and every mapping key made a
+    string (nested dicts, lists and tuples; tuples become lists), so ``write_json`` writes
+    strict JSON that any reader accepts."""
+    if isinstance(obj, float):
+        return None if math.isnan(obj) or math.isinf(obj) else obj
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def safe_filename(name: str) -> str:
+    """``name`` usable as one file-name component: every character other than a letter, a
+    digit, ``-``, ``_`` or ``.`` becomes ``_`` (e.g. a model name ``org/model`` ->
+    ``org_model``)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
 def _json_default(o: Any) -> Any:

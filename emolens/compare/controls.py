@@ -297,9 +297,9 @@ def geometry_controls(banks: Mapping[str, Any], corpus: Any = None, norms: Any =
         sizes: stories per emotion on the learning curve (``None``: all shared).
         n_draws: random draws per size (one for ``None``: there is nothing to draw).
     """
-    from emolens.compare.core import _orientation
     from emolens.compare.lexical import tfidf_bank
     from emolens.compare.similarity import partial_rsa_rho, rsa_rho
+    from emolens.geometry import affect_orient
     from emolens.runtime import progress_bar
     from emolens.stimuli import load_affect_ratings, load_corpus
     from emolens.stimuli.norms import norms_info
@@ -321,7 +321,7 @@ def geometry_controls(banks: Mapping[str, Any], corpus: Any = None, norms: Any =
     corpus = corpus if corpus is not None else load_corpus()
     emotions = list(first.emotions)
     norms = norms if norms is not None else load_affect_ratings(emotions=emotions)
-    orient = _orientation(emotions, norms)
+    orient = affect_orient(emotions, norms)
     biggest = max(banks.values(), key=lambda b: len(b.records))
     lex = tfidf_bank(corpus, biggest) if tfidf else None
     reps = _reps(banks, lex)

@@ -62,7 +62,7 @@ def main(args: argparse.Namespace) -> int:
     from emolens.compare.controls import geometry_controls
     from emolens.compare.controls_report import controls_report
     from emolens.errors import InputError
-    from emolens.io import write_json
+    from emolens.io import json_safe, write_json
     from emolens.models import load_model
     from emolens.stimuli import load_affect_ratings, load_corpus
 
@@ -100,9 +100,8 @@ def main(args: argparse.Namespace) -> int:
                             n_draws=args.draws, seed=args.seed, progress=not args.no_progress)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    from emolens.compare.core import _json_safe
 
-    write_json(out / "results.json", _json_safe(res.to_dict()))
+    write_json(out / "results.json", json_safe(res.to_dict()))
     controls_report(res).save(out / "report.html")
     print(res.statement())
     print(f"wrote {out}/results.json and {out}/report.html ({res.run['seconds']} s analysis)")

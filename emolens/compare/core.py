@@ -23,7 +23,6 @@ names the split it comes from.
 from __future__ import annotations
 
 import gc
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -171,15 +170,6 @@ def _explained_variance(mat: torch.Tensor, n_boot: int, seed: int) -> dict[str, 
     return out
 
 
-def _orientation(emotions: list[str], norms: Any) -> dict[str, str]:
-    """PC1 positive for the highest-valence rated emotion, PC2 for the highest-arousal one."""
-    rated = [e for e in emotions if e in norms]
-    if not rated:
-        return {}
-    return {"PC1": max(rated, key=lambda e: norms[e][0]),
-            "PC2": max(rated, key=lambda e: norms[e][1])}
-
-
 def measure_registry(reg: Any, norms: Any, *, n_boot: int = 1000, n_perm: int = 1000,
                      seed: int = 0) -> dict[str, Any]:
     """Every per-model figure of the comparison from one registry (see the module docstring).
@@ -187,7 +177,7 @@ def measure_registry(reg: Any, norms: Any, *, n_boot: int = 1000, n_perm: int = 
     ``norms``: a mapping ``emotion -> (valence, arousal)`` (an ``AffectRatings`` records its
     source). Needs a registry extracted with dev and test splits for the accuracy figures.
     """
-    from emolens.geometry import affect_correlation, emotion_pca
+    from emolens.geometry import affect_correlation, affect_orient, emotion_pca
 
     n_layers = int(reg.metadata.get("n_layers") or reg.metadata.get("model", {}).get("n_layers")
                    or max(reg.layers) + 1)
@@ -220,7 +210,7 @@ def measure_registry(reg: Any, norms: Any, *, n_boot: int = 1000, n_perm: int = 
     geo: dict[str, Any] = {"layer": reg.default_layer, "split": "train (directions); layer "
                            "chosen on dev; norms external",
                            "explained_variance": _explained_variance(mat, n_boot, seed)}
-    orient = _orientation(list(reg.emotions), norms)
+    orient = affect_orient(list(reg.emotions), norms)
     rated = [e for e in reg.emotions if e in norms]
     if len(rated) >= 5 and len(reg.emotions) >= 3:
         pca = emotion_pca(reg, None, orient=orient)
@@ -414,6 +404,7 @@ def compare(models: Sequence[Any], corpus: Any = None, *, preset: str | Preset =
         out: folder for ``results.json``, ``report.html`` and ``registries/<name>/``.
     """
     from emolens.extraction import extract_emotions
+    from emolens.io import json_safe, safe_filename, write_json
     from emolens.stimuli import load_affect_ratings, load_corpus
     from emolens.stimuli.norms import norms_info
 
@@ -459,7 +450,7 @@ def compare(models: Sequence[Any], corpus: Any = None, *, preset: str | Preset =
                                compute_dtype=compute_dtype, progress=progress)
         t_extract = time.perf_counter() - t0 - t_load
         if out_dir is not None:
-            reg.save(out_dir / "registries" / _safe(name))
+            reg.save(out_dir / "registries" / safe_filename(name))
         registries[name] = reg
         t1 = time.perf_counter()
         word = measure_word_test(model, reg, word_prompts, word_emotions_for(p, reg.emotions),
@@ -504,10 +495,8 @@ def compare(models: Sequence[Any], corpus: Any = None, *, preset: str | Preset =
     result = ComparisonResult(per_model, pairs, {**p.to_dict(), "emotions": emos},
                               norms_info(norms), run, registries)
     if out_dir is not None:
-        from emolens.io import write_json
-
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_json(out_dir / "results.json", _json_safe(result.to_dict()))
+        write_json(out_dir / "results.json", json_safe(result.to_dict()))
         if report:
             from emolens.compare.report import comparison_report
 
@@ -515,15 +504,3 @@ def compare(models: Sequence[Any], corpus: Any = None, *, preset: str | Preset =
     return result
 
 
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return None if math.isnan(obj) or math.isinf(obj) else obj
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj

@@ -33,10 +33,6 @@ def _load(spec: Any) -> tuple[Any, str]:
     return spec, _model_name(spec)
 
 
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-
-
 def grow_corpus(authors: Sequence[Any], judge: Any, emotions: Sequence[str],
                 topics: Sequence[str], n_per_topic: int, out_dir: str | Path, *, k: int = 5,
                 candidates: Sequence[str] | None = None, batch_size: int = 4,
@@ -48,7 +44,7 @@ def grow_corpus(authors: Sequence[Any], judge: Any, emotions: Sequence[str],
     (measured: SmolLM2-135M at 200 tokens wrote two of two stories too long); an unfinished
     last sentence is cut. Other ``generate_stories`` options pass through.
     Returns a summary per author: generated, kept, the judge's top-1 and pass rates, seconds."""
-    from emolens.io import atomic_open
+    from emolens.io import atomic_open, safe_filename
     from emolens.stimuli import load_corpus
     from emolens.stimuli.generate import generate_stories
     from emolens.stimuli.recognise import recognisability
@@ -69,7 +65,7 @@ def grow_corpus(authors: Sequence[Any], judge: Any, emotions: Sequence[str],
     for spec in authors:
         t0 = time.perf_counter()
         model, name = _load(spec)
-        path = out / f"generated-{_safe(name)}.jsonl"
+        path = out / f"generated-{safe_filename(name)}.jsonl"
         gen = generate_stories(model, emotions, topics, n_per_topic, out_path=path,
                                batch_size=batch_size, seed=seed, progress=progress,
                                max_new_tokens=max_new_tokens, **generate_kwargs)
@@ -86,7 +82,7 @@ def grow_corpus(authors: Sequence[Any], judge: Any, emotions: Sequence[str],
         check = recognisability(judge_model, [r["text"] for r in recs],
                                 [r["emotion"] for r in recs], cands, k=k) if recs else None
         kept = 0
-        with atomic_open(out / f"kept-{_safe(name)}.jsonl", "w") as f:
+        with atomic_open(out / f"kept-{safe_filename(name)}.jsonl", "w") as f:
             for i, r in enumerate(recs):
                 if check is None or not check.passed[i]:
                     continue
