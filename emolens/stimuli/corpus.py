@@ -397,6 +397,26 @@ def read_jsonl(path: PathLike) -> list[tuple[str, Any]]:
     return _io_read_jsonl(path, error=CorpusError, strict=True)
 
 
+def jsonl_files(path_or_paths: PathLike | Sequence[PathLike]) -> list[Path]:
+    """The ``.jsonl`` files named by ``path_or_paths`` (a file, a folder or a list of them), in
+    order: a folder gives every ``*.jsonl`` below it, sorted. ``CorpusError`` for a path that does
+    not exist or a folder without any ``.jsonl`` file."""
+    paths = ([path_or_paths] if isinstance(path_or_paths, (str, os.PathLike))
+             else list(path_or_paths))
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(p.rglob("*.jsonl"))
+            if not found:
+                raise CorpusError(f"{p}: folder holds no .jsonl files")
+            files.extend(found)
+        elif p.exists():
+            files.append(p)
+        else:
+            raise CorpusError(f"{p}: file not found")
+    return files
+
+
 # --------------------------------------------------------------------------- the corpus
 
 class Corpus:
@@ -472,19 +492,10 @@ class Corpus:
                  else list(path_or_paths))
         if not paths:
             raise CorpusError("no corpus files given; pass a .jsonl file or a folder")
-        files: list[Path] = []
-        for p in map(Path, paths):
-            if p.is_dir():
-                found = sorted(p.rglob("*.jsonl"))
-                if not found:
-                    raise CorpusError(f"{p}: folder holds no .jsonl files")
-                files.extend(found)
-                if forbidden is None and (p / "forbidden").is_dir():
-                    forbidden = p / "forbidden"
-            elif p.exists():
-                files.append(p)
-            else:
-                raise CorpusError(f"{p}: file not found")
+        files = jsonl_files(paths)
+        if forbidden is None:  # the first given folder with a forbidden/ sub-folder
+            forbidden = next((Path(p) / "forbidden" for p in paths
+                              if (Path(p) / "forbidden").is_dir()), None)
         forb = _normalise_forbidden(forbidden)
         raw: list[tuple[str, Any]] = []
         for f in files:

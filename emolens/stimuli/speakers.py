@@ -29,11 +29,17 @@ import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from emolens.errors import CorpusError, unknown_name_message
-from emolens.stimuli.corpus import DATA_DIR, HELD_OUT, SPLIT_NAMES, read_jsonl, split_of
+from emolens.stimuli.corpus import (
+    DATA_DIR,
+    HELD_OUT,
+    SPLIT_NAMES,
+    jsonl_files,
+    read_jsonl,
+    split_of,
+)
 from emolens.stimuli.text import ForbiddenMatcher, NearDuplicateIndex, word_count
 
 SPEAKERS_DIR = DATA_DIR / "speakers"
@@ -303,19 +309,7 @@ def load_dialogues(path: PathLike | Sequence[PathLike] | None = None, *,
     words; default the default corpus's lists. Raises ``CorpusError`` naming the file, line and
     field of the first problem.
     """
-    paths = [SPEAKERS_DIR] if path is None else (
-        [path] if isinstance(path, (str, os.PathLike)) else list(path))
-    files: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(p.rglob("*.jsonl"))
-            if not found:
-                raise CorpusError(f"{p}: folder holds no .jsonl files")
-            files += found
-        elif p.exists():
-            files.append(p)
-        else:
-            raise CorpusError(f"{p}: file not found")
+    files = jsonl_files(SPEAKERS_DIR if path is None else path)
     raw = [item for f in files for item in read_jsonl(f)]
     parsed = [parse_dialogue(obj, w) for w, obj in raw]
     validate_dialogues(parsed, default_forbidden() if forbidden is None else forbidden,

@@ -29,3 +29,26 @@ def test_affect_orient_picks_highest_valence_and_arousal_among_rated():
         {"PC1": "calm", "PC2": "afraid"}
     assert affect_orient(["happy", "afraid"], norms) == {"PC1": "happy", "PC2": "afraid"}
     assert affect_orient(["unrated"], norms) == {}
+
+
+def test_jsonl_files_walks_folders_in_order_and_names_the_bad_path(tmp_path):
+    import pytest
+
+    from emolens.errors import CorpusError
+    from emolens.stimuli.corpus import jsonl_files
+    from emolens.stimuli.speakers import load_dialogues
+
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    for rel in ("d/b.jsonl", "d/sub/a.jsonl", "d/a.jsonl", "d/notes.txt", "one.jsonl"):
+        (tmp_path / rel).write_text("")
+    got = jsonl_files([tmp_path / "one.jsonl", tmp_path / "d"])
+    assert [p.relative_to(tmp_path).as_posix() for p in got] == \
+        ["one.jsonl", "d/a.jsonl", "d/b.jsonl", "d/sub/a.jsonl"]
+    assert jsonl_files(str(tmp_path / "one.jsonl")) == [tmp_path / "one.jsonl"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CorpusError, match="empty: folder holds no .jsonl files"):
+        jsonl_files(tmp_path / "empty")
+    with pytest.raises(CorpusError, match="missing.jsonl: file not found"):
+        jsonl_files([tmp_path / "one.jsonl", tmp_path / "missing.jsonl"])
+    with pytest.raises(CorpusError, match="folder holds no .jsonl files"):  # the same walk
+        load_dialogues(tmp_path / "empty")
