@@ -9,6 +9,13 @@ extraction) than float32. ``"float32"`` / ``"bfloat16"`` (or a ``torch.dtype``) 
 the environment variable ``EMOLENS_COMPUTE_DTYPE`` (``auto``, ``float32``, ``bfloat16``,
 ``model``) replaces ``"auto"`` machine-wide. Every resolution says why it chose what it chose;
 registries, ``results.json`` and the report record both.
+
+The instruction sets a process may use can be capped below what the CPU has: oneDNN, which runs
+bf16 matmuls on CPU, reads ``ONEDNN_MAX_CPU_ISA`` (older name ``DNNL_MAX_CPU_ISA``), and ATen's
+own kernels read ``ATEN_CPU_CAPABILITY``. A cap below ``AVX512_CORE_BF16`` (oneDNN) or below
+``avx512`` (ATen) takes native bf16 away, so ``auto`` then keeps float32 and says so. Setting
+``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2`` is how this
+project measures an AVX2-only CPU on a machine that has more (docs/results.md).
 """
 from __future__ import annotations
 
@@ -33,21 +40,55 @@ class CpuFeatures:
     avx512_bf16: bool | None
     amx_tile: bool | None
     avx2: bool | None
+    #: the instruction-set caps this process runs under, e.g. ``{"ONEDNN_MAX_CPU_ISA": "AVX2"}``
+    isa_caps: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def bf16_capped(self) -> bool:
+        """True when an instruction-set cap takes native bf16 away from this process."""
+        return any(_cap_blocks_bf16(name, value) for name, value in self.isa_caps)
 
     @property
     def native_bf16(self) -> bool:
-        return bool(self.avx512_bf16) or bool(self.amx_tile)
+        return (bool(self.avx512_bf16) or bool(self.amx_tile)) and not self.bf16_capped
 
     def flags(self) -> str:
         """One line naming the CPU and its bf16-relevant flags (for speed figures)."""
         def f(v: bool | None) -> str:
             return "?" if v is None else ("yes" if v else "no")
+        caps = "".join(f", {n}={v}" for n, v in self.isa_caps)
         return (f"{self.model_name} (AVX2 {f(self.avx2)}, AVX512-BF16 {f(self.avx512_bf16)}, "
-                f"AMX {f(self.amx_tile)})")
+                f"AMX {f(self.amx_tile)}{caps})")
 
     def to_dict(self) -> dict[str, Any]:
         return {"model_name": self.model_name, "avx512_bf16": self.avx512_bf16,
-                "amx_tile": self.amx_tile, "avx2": self.avx2, "native_bf16": self.native_bf16}
+                "amx_tile": self.amx_tile, "avx2": self.avx2, "native_bf16": self.native_bf16,
+                "isa_caps": dict(self.isa_caps)}
+
+
+#: oneDNN's ISA names in ascending order (its ``dnnl_cpu_isa`` values); from
+#: ``AVX512_CORE_BF16`` on, bf16 dot products run natively.
+_ONEDNN_ISAS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE",
+                "AVX512_CORE_VNNI", "AVX512_CORE_BF16", "AVX10_1_512", "AVX512_CORE_FP16",
+                "AVX10_1_512_AMX", "AVX512_CORE_AMX", "AVX10_1_512_AMX_FP16",
+                "AVX512_CORE_AMX_FP16", "AVX10_2_512", "AVX10_2_512_AMX_2", "ALL", "DEFAULT")
+#: ATen's ``ATEN_CPU_CAPABILITY`` values below which its bf16 kernels are not vectorised natively
+_ATEN_NO_BF16 = ("default", "avx2", "zvector", "vsx", "sve256")
+_CAP_VARS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+
+
+def _cap_blocks_bf16(name: str, value: str) -> bool:
+    v = value.strip()
+    if name == "ATEN_CPU_CAPABILITY":
+        return v.lower() in _ATEN_NO_BF16
+    v = v.upper()
+    if v not in _ONEDNN_ISAS:  # oneDNN ignores a name it does not know; so do we
+        return False
+    return _ONEDNN_ISAS.index(v) < _ONEDNN_ISAS.index("AVX512_CORE_BF16")
+
+
+def _isa_caps() -> tuple[tuple[str, str], ...]:
+    return tuple((n, os.environ[n].strip()) for n in _CAP_VARS if os.environ.get(n, "").strip())
 
 
 def _probe(name: str) -> bool | None:
@@ -80,7 +121,8 @@ def cpu_features() -> CpuFeatures:
     return CpuFeatures(model_name=_cpu_model_name(),
                        avx512_bf16=_probe("_is_avx512_bf16_supported"),
                        amx_tile=_probe("_is_amx_tile_supported"),
-                       avx2=_probe("_is_avx2_supported"))
+                       avx2=_probe("_is_avx2_supported"),
+                       isa_caps=_isa_caps())
 
 
 @dataclass(frozen=True)
@@ -176,6 +218,10 @@ def resolve_compute_dtype(spec: Any = "auto", model: Any = None, *,
         if feats.native_bf16:
             which = "AMX" if feats.amx_tile else "AVX512-BF16"
             return ComputeDtype(torch.bfloat16, "bfloat16", f"auto: cpu with native bf16 ({which})",
+                                "auto")
+        if feats.bf16_capped:
+            caps = ", ".join(f"{n}={v}" for n, v in feats.isa_caps)
+            return ComputeDtype(None, own.name, f"auto: cpu without native bf16 (capped by {caps})",
                                 "auto")
         return ComputeDtype(None, own.name, "auto: cpu without native bf16", "auto")
     return ComputeDtype(None, own.name, f"auto: {dev.type} device, the model's own dtype", "auto")

@@ -90,3 +90,36 @@ def test_extraction_records_what_auto_chose(monkeypatch, no_env, tiny):
     fast = extract_emotions(tiny, texts, layers=[1], progress=False, neutral=[])
     assert fast.metadata["compute_dtype"] == "bfloat16"
     assert not torch.equal(fast.matrix(1), reg.matrix(1))  # autocast really ran
+
+
+@pytest.mark.parametrize(("var", "value", "capped"), [
+    ("ONEDNN_MAX_CPU_ISA", "AVX2", True),
+    ("ONEDNN_MAX_CPU_ISA", "avx512_core_vnni", True),
+    ("DNNL_MAX_CPU_ISA", "AVX512_CORE", True),
+    ("ATEN_CPU_CAPABILITY", "avx2", True),
+    ("ATEN_CPU_CAPABILITY", "default", True),
+    ("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16", False),
+    ("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX", False),
+    ("ONEDNN_MAX_CPU_ISA", "ALL", False),
+    ("ATEN_CPU_CAPABILITY", "avx512", False),
+    ("ONEDNN_MAX_CPU_ISA", "NOT_AN_ISA", False),  # oneDNN ignores unknown names
+])
+def test_an_instruction_set_cap_below_bf16_makes_auto_float32(monkeypatch, no_env, tiny,
+                                                             var, value, capped):
+    for v in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY"):
+        monkeypatch.delenv(v, raising=False)
+    _cpu(monkeypatch, avx512_bf16=True, amx=False)
+    monkeypatch.setenv(var, value)
+    feats = cpu_features()
+    assert feats.bf16_capped is capped
+    assert feats.native_bf16 is (not capped)
+    assert f"{var}={value}" in feats.flags()
+    assert feats.to_dict()["isa_caps"] == {var: value}
+    r = resolve_compute_dtype("auto", tiny)
+    if capped:
+        assert r.dtype is None and r.name == "float32"
+        assert r.reason == f"auto: cpu without native bf16 (capped by {var}={value})"
+    else:
+        assert r.dtype is torch.bfloat16
+    # an explicit choice still wins over the cap
+    assert resolve_compute_dtype("bfloat16", tiny).dtype is torch.bfloat16
