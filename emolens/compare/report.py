@@ -1,6 +1,7 @@
 """The comparison report: figures across the ladder (by parameter count) and against depth."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -48,6 +49,18 @@ def _legend(ax: Any) -> None:
         ax.legend(fontsize=7)
 
 
+def _dress(ax: Any, xlabel: str, ylabel: str, title: str, *,
+           ylim: tuple[float, float] | None = None) -> None:
+    """Axis labels, title, y range, light grid and (when anything is labelled) the legend."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    _legend(ax)
+
+
 def _empty(ax: Any, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=8)
 
@@ -66,12 +79,8 @@ def ladder_accuracy_figure(models: list[dict[str, Any]]) -> Any:
         ax.axhline(have[0]["test"]["chance"], ls=":", color="0.3", label="chance")
     _label_points(ax, xs, acc, [m["name"] for m in have])
     _logx(ax)
-    ax.set_xlabel("parameters")
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(0, 1.02)
-    ax.set_title("Emotion classification on the test split, by model size")
-    ax.grid(alpha=0.3)
-    _legend(ax)
+    _dress(ax, "parameters", "accuracy",
+           "Emotion classification on the test split, by model size", ylim=(0.0, 1.02))
     return fig
 
 
@@ -87,12 +96,9 @@ def depth_accuracy_figure(models: list[dict[str, Any]]) -> Any:
         if sh:
             ax.plot(depth, [sh[str(la)] for la in m["layers"]], ls="--", lw=0.8,
                     color=line.get_color(), alpha=0.6)
-    ax.set_xlabel("relative depth ((layer + 1) / n_layers)")
-    ax.set_ylabel("test accuracy (dashed: shuffled control)")
-    ax.set_ylim(0, 1.02)
-    ax.set_title("Test accuracy against relative depth")
-    ax.grid(alpha=0.3)
-    _legend(ax)
+    _dress(ax, "relative depth ((layer + 1) / n_layers)",
+           "test accuracy (dashed: shuffled control)",
+           "Test accuracy against relative depth", ylim=(0.0, 1.02))
     return fig
 
 
@@ -111,11 +117,8 @@ def ladder_geometry_figure(models: list[dict[str, Any]]) -> Any:
         ax1.plot(xs, [e["value"] for e in ev], "o", mfc="none", color=ax1.lines[-1].get_color()
                  if ax1.lines else None, label=f"{k} sample share")
     _logx(ax1)
-    ax1.set_xlabel("parameters")
-    ax1.set_ylabel("share of variance over emotions")
-    ax1.set_title("PC1 / PC2 explained variance (default layer)")
-    ax1.grid(alpha=0.3)
-    _legend(ax1)
+    _dress(ax1, "parameters", "share of variance over emotions",
+           "PC1 / PC2 explained variance (default layer)")
     have = [m for m in models if "affect" in m["geometry"]]
     xa = _x(have)
     for key, label in (("valence", "PC1 ~ valence"), ("arousal", "PC2 ~ arousal")):
@@ -130,12 +133,8 @@ def ladder_geometry_figure(models: list[dict[str, Any]]) -> Any:
     else:
         ax2.text(0.5, 0.5, "fewer than 5 rated emotions: no correlation", ha="center",
                  transform=ax2.transAxes, fontsize=8)
-    ax2.set_ylim(-1.05, 1.05)
-    ax2.set_xlabel("parameters")
-    ax2.set_ylabel("Pearson r (95% bootstrap CI)")
-    ax2.set_title("Correlation with the published norms")
-    ax2.grid(alpha=0.3)
-    _legend(ax2)
+    _dress(ax2, "parameters", "Pearson r (95% bootstrap CI)",
+           "Correlation with the published norms", ylim=(-1.05, 1.05))
     return fig
 
 
@@ -150,25 +149,39 @@ def depth_valence_figure(models: list[dict[str, Any]]) -> Any:
     if not ax.lines:
         _empty(ax, "fewer than 5 rated emotions: no correlation")
     ax.axhline(0, color="0.3", lw=0.8)
-    ax.set_ylim(-1.05, 1.05)
-    ax.set_xlabel("relative depth ((layer + 1) / n_layers)")
-    ax.set_ylabel("r(PC1, valence)")
-    ax.set_title("PC1 ~ valence against relative depth")
-    ax.grid(alpha=0.3)
-    _legend(ax)
+    _dress(ax, "relative depth ((layer + 1) / n_layers)", "r(PC1, valence)",
+           "PC1 ~ valence against relative depth", ylim=(-1.05, 1.05))
+    return fig
+
+
+def ladder_pair_figure(have: list[dict[str, Any]],
+                       draw: Callable[[Any, Any, np.ndarray], None], *,
+                       panels: tuple[tuple[str, str], tuple[str, str]], empty: str) -> Any:
+    """Two panels against parameter count (log axis, labelled decades): ``draw(ax1, ax2, xs)``
+    plots the models ``have`` (those that carry the measure) at ``xs``, their parameter counts;
+    ``panels`` gives each panel's (y label, title); ``empty`` is written on both panels when no
+    model has the measure."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9.6, 3.8))
+    axes = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    if have:
+        draw(*axes, _x(have))
+    for ax, (ylabel, title) in zip(axes, panels):
+        if have:
+            _logx(ax)
+        else:
+            _empty(ax, empty)
+        _dress(ax, "parameters", ylabel, title)
     return fig
 
 
 def ladder_word_test_figure(models: list[dict[str, Any]]) -> Any:
     """Word test by parameter count: hits (left) and the mean own-minus-best-other margin
     (right), directions against random directions of equal norm."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(9.6, 3.8))
-    ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     have = [m for m in models if "hits" in m.get("word_test", {})]
-    xs = _x(have)
-    if have:
+
+    def draw(ax1: Any, ax2: Any, xs: np.ndarray) -> None:
         w = [m["word_test"] for m in have]
         ax1.plot(xs, [x["hits"] for x in w], "o-", label="emotion directions")
         ax1.plot(xs, [x["control_hits"] for x in w], "s--", color="0.45",
@@ -184,33 +197,18 @@ def ladder_word_test_figure(models: list[dict[str, Any]]) -> Any:
             _errbar(ax2, xs, [e["value"] for e in est], [[e["low"], e["high"]] for e in est],
                     label=label, **kw)
         ax2.axhline(0, color="0.3", lw=0.8)
-        for ax in (ax1, ax2):
-            _logx(ax)
-    else:
-        for ax in (ax1, ax2):
-            _empty(ax, "no word test in this comparison")
-    ax1.set_xlabel("parameters")
-    ax1.set_ylabel("emotions whose own word rises most")
-    ax1.set_title("Emotion-word steering test: hits")
-    ax2.set_xlabel("parameters")
-    ax2.set_ylabel("own minus best other word (nats; 95% CI)")
-    ax2.set_title("Margin, mean over steered emotions")
-    for ax in (ax1, ax2):
-        ax.grid(alpha=0.3)
-        _legend(ax)
-    return fig
+
+    return ladder_pair_figure(have, draw, empty="no word test in this comparison", panels=(
+        ("emotions whose own word rises most", "Emotion-word steering test: hits"),
+        ("own minus best other word (nats; 95% CI)", "Margin, mean over steered emotions")))
 
 
 def ladder_scenario_figure(models: list[dict[str, Any]]) -> Any:
     """Scenario diagonal by parameter count: share of scenarios whose own emotion is the top
     (column-standardised) readout (left) and the mean own-emotion z (right)."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(9.6, 3.8))
-    ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     have = [m for m in models if "accuracy" in m.get("scenarios", {})]
-    xs = _x(have)
-    if have:
+
+    def draw(ax1: Any, ax2: Any, xs: np.ndarray) -> None:
         sc = [m["scenarios"] for m in have]
         _errbar(ax1, xs, [s["accuracy"] for s in sc], [s["ci"] for s in sc],
                 label="scenarios whose own emotion is top (95% CI)")
@@ -227,21 +225,10 @@ def ladder_scenario_figure(models: list[dict[str, Any]]) -> Any:
         ax2.plot(xs, [x["shuffled"]["q95"] for x in z], "v:", color="0.6",
                  label="shuffled labels (95th percentile)")
         ax2.axhline(0, color="0.3", lw=0.8)
-        for ax in (ax1, ax2):
-            _logx(ax)
-    else:
-        for ax in (ax1, ax2):
-            _empty(ax, "no scenarios in this comparison")
-    ax1.set_xlabel("parameters")
-    ax1.set_ylabel("share of scenarios")
-    ax1.set_title("Scenario diagonal (columns standardised)")
-    ax2.set_xlabel("parameters")
-    ax2.set_ylabel("z (readout standardised over scenarios)")
-    ax2.set_title("Own-emotion z at the reply-opening token")
-    for ax in (ax1, ax2):
-        ax.grid(alpha=0.3)
-        _legend(ax)
-    return fig
+
+    return ladder_pair_figure(have, draw, empty="no scenarios in this comparison", panels=(
+        ("share of scenarios", "Scenario diagonal (columns standardised)"),
+        ("z (readout standardised over scenarios)", "Own-emotion z at the reply-opening token")))
 
 
 def rsa_figure(names: list[str], mat: Any) -> Any:
