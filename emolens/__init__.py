@@ -30,6 +30,7 @@ _NAMES: dict[str, str] = {
     "EmotionRegistry": "emolens.registry",
     "extract_emotions": "emolens.extraction",
     "extract_speaker_emotions": "emolens.extraction",
+    "speaker_experiment": "emolens.extraction",
     "register_method": "emolens.extraction",
     "read_emotions": "emolens.readout",
     "Readout": "emolens.readout",

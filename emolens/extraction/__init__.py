@@ -16,6 +16,7 @@ _NAMES = {
     "SpeakerCosines": "emolens.extraction.speakers",
     "extract_speaker_emotions": "emolens.extraction.speakers",
     "speaker_story_cosines": "emolens.extraction.speakers",
+    "speaker_experiment": "emolens.extraction.speakers",
     "ExtractionData": "emolens.extraction.methods",
     "ExtractionMethod": "emolens.extraction.methods",
     "METHODS": "emolens.extraction.methods",
@@ -46,6 +47,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from emolens.extraction.speakers import (
         SpeakerCosines,
         extract_speaker_emotions,
+        speaker_experiment,
         speaker_story_cosines,
     )
     from emolens.positions import POLICIES, position_mask

@@ -140,6 +140,7 @@ def extract_emotions(model: Any, corpus: Any = None, *, layers: Any = None,
                      padding_side: str = "right", compute_dtype: torch.dtype | str | None = "auto",
                      max_texts_per_emotion: int | None = None,
                      distributed: bool | str | None = "auto",
+                     shuffled_out: list[EmotionRegistry] | None = None,
                      **method_params: Any) -> EmotionRegistry:
     """Build an ``EmotionRegistry`` from stimulus text, streaming.
 
@@ -184,6 +185,11 @@ def extract_emotions(model: Any, corpus: Any = None, *, layers: Any = None,
             (class sums and counts, neutral moments, shuffled-label controls, mean norms,
             validation counts) is all-reduced in float64 before the method fits, and every rank
             returns the same registry (saving it is the caller's job: rank 0 only).
+        shuffled_out: a list that receives the ``shuffled_control`` fits as registries
+            (seed k's at index k, ``metadata["shuffled_labels_seed"] = k``, family and default
+            layer of the real registry, name ``"<name>-shuffled-<k>"``): the same in-pass
+            fits, also when there are no validation texts (a mapping corpus), so a null
+            control costs no forward pass; seed k equals ``label_permutation_seed=k``.
         method_params: passed to the method's factory (e.g. ``neutral_variance=0.5``).
 
     Returns an ``EmotionRegistry`` whose metadata records the model's provenance, sites,
@@ -231,7 +237,7 @@ def extract_emotions(model: Any, corpus: Any = None, *, layers: Any = None,
     d_model = int(model.cfg.d_model)
     acc = ClassMeanAccumulator(len(sites), len(names), d_model)
     n_controls = (5 if shuffled_control is True else int(shuffled_control)) \
-        if shuffled_control and validate and val.texts else 0
+        if shuffled_control and ((validate and val.texts) or shuffled_out is not None) else 0
     if n_controls < 0:
         raise InputError(f"shuffled_control must be a bool or a count >= 0, got {shuffled_control!r}")
     control_accs = [ClassMeanAccumulator(len(sites), len(names), d_model)
@@ -322,9 +328,18 @@ def extract_emotions(model: Any, corpus: Any = None, *, layers: Any = None,
             validation["test"] = {**_validate(model, unit, center, sites, names, test, policy,
                                               batch_size, progress, padding_side, controls,
                                               compute_dtype, ctx), "split": "test"}
-    return _finish(model, t0, unit, center, acc, sites, names, validation, default_layer, algo,
-                   policy, corpus_info, neutral_texts, moments, shuffle_labels, batch_size,
-                   resolved_dtype, max_texts_per_emotion, family, name, ctx)
+    reg = _finish(model, t0, unit, center, acc, sites, names, validation, default_layer, algo,
+                  policy, corpus_info, neutral_texts, moments, shuffle_labels, batch_size,
+                  resolved_dtype, max_texts_per_emotion, family, name, ctx)
+    if shuffled_out is not None:
+        for k, (cunit, ccenter) in enumerate(controls):
+            meta = {**reg.metadata, "shuffled_labels_seed": k, "shuffled_control_of": reg.name,
+                    "validation": {}}
+            shuffled_out.append(EmotionRegistry(
+                cunit, names, sites, acc.mean_norm().float(), metadata=meta,
+                default_layer=reg.default_layer, family=family,
+                name=f"{reg.name}-shuffled-{k}", center=ccenter))
+    return reg
 
 
 def _pass1(model: Any, train: LabelledTexts, train_ids: torch.Tensor,
@@ -398,10 +413,8 @@ def _fit(algo: ExtractionMethod, method: Any, method_params: dict[str, Any], sit
         cdata = ExtractionData(sites, names, control.class_means(), control.counts,
                                data.neutral_cov, features,
                                shuffled[torch.tensor(feat_index)] if features is not None else None)
-        cdirs = get_method(method, **method_params).fit(cdata) if isinstance(method, str) \
-            else algo.fit(cdata)
-        controls.append((cdirs / cdirs.norm(dim=-1, keepdim=True).clamp(min=1e-12),
-                         cdata.class_means.mean(1).float()))
+        controls.append(fit_directions(get_method(method, **method_params)
+                                       if isinstance(method, str) else algo, cdata))
     if controls and not isinstance(method, str):
         algo.fit(data)  # refit: the caller's instance keeps state (params) of its last fit
     return unit, center, controls, data

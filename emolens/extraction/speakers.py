@@ -39,6 +39,7 @@ intervals over emotions, and random directions of equal norm as a placebo.
 from __future__ import annotations
 
 import html
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -161,6 +162,9 @@ def extract_speaker_emotions(model: Any, which: str = "present",
                              validate: bool = True, method: str = "mean_diff",
                              batch_size: int = 16, compute_dtype: Any = "auto",
                              progress: bool = True, name: str | None = None,
+                             max_dialogues_per_emotion: int | None = None,
+                             n_shuffled: int = 5,
+                             shuffled_out: list[EmotionRegistry] | None = None,
                              **method_params: Any) -> EmotionRegistry:
     """Build the "present speaker" or "other speaker" registry from speaker dialogues.
 
@@ -181,6 +185,13 @@ def extract_speaker_emotions(model: Any, which: str = "present",
         validate: classify the held-out dialogues' readings (``dev`` + ``test``) with
             ``emolens.evaluate`` and record the accuracy per layer in
             ``metadata["speaker"]["heldout"]``.
+        max_dialogues_per_emotion: use at most this many dialogues per emotion of each split
+            (``select_dialogues``: user- and assistant-expressing alternately, in file order).
+        n_shuffled, shuffled_out: with a list as ``shuffled_out``, ``n_shuffled`` registries
+            fitted on the same readings with permuted emotion labels (seeds 0..K-1, the
+            permutation of ``extract_emotions(label_permutation_seed=k)``, over the training
+            readings) are appended to it, from the same pass (no extra forward): the
+            shuffled-label control of ``speaker_story_cosines``.
         method, batch_size, compute_dtype, progress, method_params: as in
             ``extract_emotions``.
 
@@ -196,7 +207,10 @@ def extract_speaker_emotions(model: Any, which: str = "present",
         raise InputError(f"dialogues must be a DialogueSet (emolens.stimuli.speakers."
                          f"load_dialogues), got {type(ds).__name__}")
     names = list(emotions) if emotions is not None else ds.emotions
-    train = ds.select(names, split=split)
+    check_positive_int(max_dialogues_per_emotion, "max_dialogues_per_emotion", allow_none=True)
+    if shuffled_out is not None:
+        check_positive_int(n_shuffled, "n_shuffled")
+    train = select_dialogues(ds, names, split, max_dialogues_per_emotion)
     texts, info = speaker_texts(model, train, which, positions_per_turn)
     missing = [e for e in names if not texts.get(e)]
     if missing:
@@ -211,14 +225,17 @@ def extract_speaker_emotions(model: Any, which: str = "present",
                            positions="last", batch_size=batch_size, emotions=names,
                            neutral=list(neutral), validate=False, default_layer=default_layer,
                            family=family, name=name or f"{family}-{method}", progress=progress,
-                           compute_dtype=compute_dtype, **method_params)
+                           compute_dtype=compute_dtype,
+                           shuffled_control=n_shuffled if shuffled_out is not None else False,
+                           shuffled_out=shuffled_out, **method_params)
     speaker: dict[str, Any] = {
         "which": which, "definition": DEFINITIONS[which],
         "positions": f"last token of the dialogue cut after each of up to {positions_per_turn} "
                      "evenly spaced content tokens per chosen turn",
-        "positions_per_turn": positions_per_turn, "split": split, **info}
+        "positions_per_turn": positions_per_turn, "split": split,
+        "max_dialogues_per_emotion": max_dialogues_per_emotion, **info}
     if validate:
-        held = ds.select(names, split="validation")
+        held = select_dialogues(ds, names, "validation", max_dialogues_per_emotion)
         held_texts, held_info = speaker_texts(model, held, which, positions_per_turn)
         flat = [(t, e) for e in names for t in held_texts.get(e, [])]
         if flat:
@@ -231,10 +248,28 @@ def extract_speaker_emotions(model: Any, which: str = "present",
                 "accuracy_by_layer": {str(k): round(float(v), 4)
                                       for k, v in ev.accuracy_by_layer.items()},
                 "chance": round(float(ev.chance), 4)}
-    reg.metadata["speaker"] = speaker
-    reg.metadata["corpus"] = {**ds.info(), "kind": "speaker dialogues",
-                              "texts": {e: len(texts[e]) for e in names}}
+    corpus = {**ds.info(), "kind": "speaker dialogues",
+              "texts": {e: len(texts[e]) for e in names}}
+    for r in (reg, *(shuffled_out or ())):
+        r.metadata["speaker"] = speaker if r is reg else {
+            k: v for k, v in speaker.items() if k != "heldout"}
+        r.metadata["corpus"] = corpus
     return reg
+
+
+def select_dialogues(ds: DialogueSet, emotions: Sequence[str], split: str | None,
+                     max_per_emotion: int | None = None) -> list[Dialogue]:
+    """The dialogues of ``emotions`` in ``split``; with ``max_per_emotion``, at most that many
+    per emotion, taken user-expressing and assistant-expressing alternately (file order), so a
+    small selection still has both directions of the dialogue."""
+    if max_per_emotion is None:
+        return ds.select(emotions, split=split)
+    out: list[Dialogue] = []
+    for e in emotions:
+        sides = [ds.select(e, split=split, speaker=who) for who in ("user", "assistant")]
+        mixed = [d for pair in itertools.zip_longest(*sides) for d in pair if d is not None]
+        out += mixed[:max_per_emotion]
+    return out
 
 
 # --------------------------------------------------------------------------- comparison
@@ -246,9 +281,13 @@ class SpeakerCosines:
     ``cosines[family]``: ``[emotion, emotion]`` matrix, row = speaker direction, column = story
     direction (unit vectors, so entries are cosines). ``summary[family]``: ``diagonal`` (mean
     matching-emotion cosine), ``off_diagonal`` (mean over mismatched pairs), ``gap``
-    (diagonal - off-diagonal), each with a bootstrap 95% interval over emotions, and
+    (diagonal - off-diagonal), each with a bootstrap 95% interval over emotions,
     ``placebo`` (random directions of the speaker directions' norm against the story
-    directions: the mean matching cosine and its 95% band over draws).
+    directions: the mean matching cosine and its 95% band over draws), and, where shuffled-label
+    registries were given, ``shuffled`` (directions fitted on the same readings with permuted
+    emotion labels: the mean over seeds of their mean matching cosine, ``shuffled_range`` the
+    lowest and highest seed, ``shuffled_by_seed`` each seed's). ``registries``: the speaker
+    registries compared (``speaker_experiment`` fills it; not in ``to_dict``).
     """
 
     layer: int
@@ -259,6 +298,7 @@ class SpeakerCosines:
     n_resamples: int = 2000
     n_placebo: int = 1000
     story_name: str = "story"
+    registries: dict[str, EmotionRegistry] = field(default_factory=dict, repr=False)
 
     def per_emotion(self) -> Any:
         """A DataFrame: one row per emotion, one column per family (matching cosine)."""
@@ -278,6 +318,15 @@ class SpeakerCosines:
                        "the matching and mismatched cosines are not distinguishable (interval "
                        "of the gap includes 0)" if hi >= 0 else
                        "the matching cosines are below the mismatched ones")
+            shuffled = ""
+            if "shuffled" in s:
+                slo, shi = s["shuffled_range"]
+                above = s["diagonal_ci"][0] > shi
+                shuffled = (f"; directions fitted on the same readings with permuted emotion "
+                            f"labels ({s['n_shuffled']} seeds) give {s['shuffled']:.3f} "
+                            f"[{slo:.3f}, {shi:.3f}] (lowest and highest seed), so the matching "
+                            f"cosine is {'' if above else 'not '}above what the shared "
+                            "dialogue content gives without the emotion labels")
             parts.append(
                 f"{fam} vs {self.story_name} directions at layer {self.layer}, "
                 f"{len(self.emotions)} emotions: matching-emotion cosine "
@@ -285,7 +334,7 @@ class SpeakerCosines:
                 f"mismatched pairs {s['off_diagonal']:.3f} [{s['off_diagonal_ci'][0]:.3f}, "
                 f"{s['off_diagonal_ci'][1]:.3f}], gap {s['gap']:.3f} [{lo:.3f}, {hi:.3f}]; "
                 f"random directions of equal norm give {s['placebo']:.3f} "
-                f"[{plo:.3f}, {phi:.3f}]: {verdict}.")
+                f"[{plo:.3f}, {phi:.3f}]: {verdict}{shuffled}.")
         for pair, d in self.between.items():
             parts.append(f"{pair}: matching-emotion cosine {d['diagonal']:.3f} (mismatched "
                          f"{d['off_diagonal']:.3f}).")
@@ -299,6 +348,9 @@ class SpeakerCosines:
     def to_dict(self) -> dict[str, Any]:
         return {"layer": self.layer, "emotions": list(self.emotions),
                 "story": self.story_name,
+                "registries": {f: {"name": r.name, "family": r.family,
+                                   "speaker": r.metadata.get("speaker", {})}
+                               for f, r in self.registries.items()},
                 "cosines": {f: np.round(c, 6).tolist() for f, c in self.cosines.items()},
                 "per_emotion": {f: dict(zip(self.emotions, np.round(np.diag(c), 6).tolist()))
                                 for f, c in self.cosines.items()},
@@ -311,19 +363,33 @@ class SpeakerCosines:
         e = html.escape
         rows = []
         for fam, s in self.summary.items():
+            shuf = (f"{s['shuffled']:.3f} [{s['shuffled_range'][0]:.3f}, "
+                    f"{s['shuffled_range'][1]:.3f}]" if "shuffled" in s else "-")
             rows.append(
                 f"<tr><td>{e(fam)}</td><td>{s['diagonal']:.3f} [{s['diagonal_ci'][0]:.3f}, "
                 f"{s['diagonal_ci'][1]:.3f}]</td><td>{s['off_diagonal']:.3f} "
                 f"[{s['off_diagonal_ci'][0]:.3f}, {s['off_diagonal_ci'][1]:.3f}]</td>"
                 f"<td>{s['gap']:.3f} [{s['gap_ci'][0]:.3f}, {s['gap_ci'][1]:.3f}]</td>"
                 f"<td>{s['placebo']:.3f} [{s['placebo_band'][0]:.3f}, "
-                f"{s['placebo_band'][1]:.3f}]</td></tr>")
+                f"{s['placebo_band'][1]:.3f}]</td><td>{shuf}</td></tr>")
         head = ("<tr><th>family</th><th>matching cosine</th><th>mismatched</th><th>gap</th>"
-                "<th>random placebo</th></tr>")
+                "<th>random placebo</th><th>shuffled labels</th></tr>")
         table = self.per_emotion().to_html(float_format=lambda x: f"{x:.3f}", border=0)
         return (f"<div><p><b>Speaker families vs {e(self.story_name)} directions, layer "
                 f"{self.layer}</b></p><table>{head}{''.join(rows)}</table>"
                 f"<p>{e(self.statement)}</p>{table}</div>")
+
+    def figure(self) -> Any:
+        """Matching-emotion cosine per emotion and family, with the random placebo's and the
+        shuffled-label control's family means as reference lines
+        (``emolens.views.study.plot_speaker_cosines``)."""
+        from emolens.views.study import plot_speaker_cosines
+
+        return plot_speaker_cosines(
+            self.emotions, {f: np.diag(c) for f, c in self.cosines.items()},
+            placebo={f: s["placebo"] for f, s in self.summary.items()},
+            shuffled={f: s["shuffled"] for f, s in self.summary.items() if "shuffled" in s},
+            title=f"Speaker directions vs {self.story_name} directions, layer {self.layer}")
 
 
 def _bootstrap(c: np.ndarray, n: int, rng: np.random.Generator
@@ -365,11 +431,24 @@ def _summary(c: np.ndarray, story: np.ndarray, norms: np.ndarray, n_resamples: i
             "placebo_abs_cosine": round(float(np.abs(cos).mean()), 6)}
 
 
+def _shuffled_summary(cosines: Sequence[np.ndarray]) -> dict[str, Any]:
+    """The shuffled-label control: each seed's mean matching cosine, their mean and range."""
+    by_seed = [float(np.diag(c).mean()) for c in cosines]
+    return {"shuffled": round(float(np.mean(by_seed)), 6),
+            "shuffled_range": (round(min(by_seed), 6), round(max(by_seed), 6)),
+            "shuffled_by_seed": [round(v, 6) for v in by_seed],
+            "shuffled_abs_cosine": round(float(np.mean([np.abs(np.diag(c)).mean()
+                                                        for c in cosines])), 6),
+            "n_shuffled": len(by_seed)}
+
+
 def speaker_story_cosines(story: EmotionRegistry,
                           speakers: EmotionRegistry | Sequence[EmotionRegistry] |
                           Mapping[str, EmotionRegistry], *, layer: int | None = None,
                           emotions: Sequence[str] | None = None, n_resamples: int = 2000,
-                          n_placebo: int = 1000, seed: int = 0) -> SpeakerCosines:
+                          n_placebo: int = 1000, seed: int = 0,
+                          shuffled: Mapping[str, Sequence[EmotionRegistry]] | None = None
+                          ) -> SpeakerCosines:
     """Cosines of speaker-family directions with the story directions, per emotion.
 
     ``speakers``: one registry, several, or ``{label: registry}`` (labels default to the
@@ -378,7 +457,10 @@ def speaker_story_cosines(story: EmotionRegistry,
     registry's order (at least 3). Per family: the matching-emotion cosine, the mean over
     mismatched pairs, their gap, bootstrap 95% intervals over emotions (``n_resamples``), and
     ``n_placebo`` random directions of equal norm per emotion; with two or more families, the
-    matching cosines between them (``between``). No model is needed.
+    matching cosines between them (``between``). ``shuffled``: ``{label: [registries]}``, the
+    shuffled-label control of a family (``extract_speaker_emotions(shuffled_out=...)``: the
+    same readings fitted with permuted emotion labels), reported beside the real and placebo
+    cosines. No model is needed.
     """
     check_positive_int(n_resamples, "n_resamples")
     check_positive_int(n_placebo, "n_placebo")
@@ -393,6 +475,18 @@ def speaker_story_cosines(story: EmotionRegistry,
             regs[label] = r
     if not regs:
         raise InputError("give at least one speaker registry")
+    shuffled = dict(shuffled or {})
+    for label, group in shuffled.items():
+        if label not in regs:
+            raise InputError(unknown_name_message("speaker family", label, list(regs),
+                                                  "shuffled controls are keyed like the "
+                                                  "speaker registries"))
+        if isinstance(group, EmotionRegistry) or not group:
+            raise InputError(f"shuffled[{label!r}] must be a non-empty list of registries")
+        for r in group:
+            if not isinstance(r, EmotionRegistry) or r.d_model != story.d_model:
+                raise InputError(f"shuffled[{label!r}] holds a {type(r).__name__} that is "
+                                 "not a registry of the story registry's model")
     for label, r in regs.items():
         if not isinstance(r, EmotionRegistry):
             raise InputError(f"speaker registry {label!r} is a {type(r).__name__}, not an "
@@ -401,11 +495,13 @@ def speaker_story_cosines(story: EmotionRegistry,
             raise InputError(f"registry {label!r} has d_model {r.d_model} but the story "
                              f"registry has {story.d_model}; build both on the same model")
     layer = story.default_layer if layer is None else int(layer)
-    for label, r in [("story", story), *regs.items()]:
+    for label, r in [("story", story), *regs.items(),
+                     *[(f"shuffled {f}", r) for f, g in shuffled.items() for r in g]]:
         if layer not in r.layers:
             raise InputError(f"layer {layer} is not a layer of the {label} registry (its "
                              f"layers: {r.layers}); extract both at the same layers")
-    common = [e for e in story.emotions if all(e in r.emotions for r in regs.values())]
+    everyone = [*regs.values(), *[r for g in shuffled.values() for r in g]]
+    common = [e for e in story.emotions if all(e in r.emotions for r in everyone)]
     names = list(emotions) if emotions is not None else common
     bad = [e for e in names if e not in common]
     if bad:
@@ -429,6 +525,9 @@ def speaker_story_cosines(story: EmotionRegistry,
         units[label] = p / norms[:, None]
         cosines[label] = units[label] @ s_unit.T
         summary[label] = _summary(cosines[label], s, norms, n_resamples, n_placebo, rng)
+        if label in shuffled:
+            summary[label].update(_shuffled_summary([_unit(mat(r)) @ s_unit.T
+                                                     for r in shuffled[label]]))
     between: dict[str, dict[str, float]] = {}
     labels = list(regs)
     for i, a in enumerate(labels):
@@ -438,4 +537,66 @@ def speaker_story_cosines(story: EmotionRegistry,
             between[f"{a} vs {b}"] = {"diagonal": round(float(np.diag(c).mean()), 6),
                                       "off_diagonal": round(float(off.mean()), 6)}
     return SpeakerCosines(layer, names, cosines, summary, between, n_resamples, n_placebo,
-                          story.name)
+                          story.name, regs)
+
+
+def _unit(m: np.ndarray) -> np.ndarray:
+    return m / np.linalg.norm(m, axis=-1, keepdims=True)
+
+
+def speaker_experiment(model: Any, story: EmotionRegistry, *,
+                       which: Sequence[str] = WHICH, emotions: Sequence[str] | None = None,
+                       dialogues: DialogueSet | None = None, layer: int | None = None,
+                       max_dialogues_per_emotion: int | None = None,
+                       positions_per_turn: int = 8, n_shuffled: int = 5, validate: bool = True,
+                       neutral: Sequence[Any] | None = None, n_resamples: int = 2000,
+                       n_placebo: int = 1000, seed: int = 0, batch_size: int = 16,
+                       compute_dtype: Any = "auto", progress: bool = True) -> SpeakerCosines:
+    """The whole speaker experiment for a story registry: build the speaker families
+    (``which``) at one layer, each with its shuffled-label control from the same pass, and
+    compare them with the story directions (``speaker_story_cosines``).
+
+    ``layer``: default the story registry's default layer; the speaker registries are
+    extracted at that layer only (the forward stops there). ``emotions``: default the story
+    registry's emotions that the dialogues have (at least 3). ``max_dialogues_per_emotion``,
+    ``positions_per_turn``: the size (``select_dialogues``; default every training dialogue, 8
+    points per turn). ``n_shuffled``: shuffled-label seeds per family (0: none). ``validate``:
+    held-out accuracy of the readings (``extract_speaker_emotions``; costs a forward per
+    held-out reading). ``neutral``: denoising dialogues (default: the default corpus's, as for
+    a story registry built with the defaults). Returns the ``SpeakerCosines`` with
+    ``registries`` set to the families' registries.
+    """
+    fams = [_check_which(w) for w in ([which] if isinstance(which, str) else which)]
+    if not fams or len(set(fams)) != len(fams):
+        raise InputError(f"which must name 'present' and/or 'other' once each, got {which!r}")
+    if isinstance(n_shuffled, bool) or not isinstance(n_shuffled, int) or n_shuffled < 0:
+        raise InputError(f"n_shuffled must be an integer >= 0 (0: no shuffled-label control), "
+                         f"got {n_shuffled!r}")
+    ds = dialogues if dialogues is not None else load_dialogues()
+    if not isinstance(ds, DialogueSet):
+        raise InputError(f"dialogues must be a DialogueSet (emolens.stimuli.speakers."
+                         f"load_dialogues), got {type(ds).__name__}")
+    layer = story.default_layer if layer is None else int(layer)
+    if layer not in story.layers:
+        raise InputError(f"layer {layer} is not a layer of the story registry (its layers: "
+                         f"{story.layers})")
+    names = (list(emotions) if emotions is not None
+             else [e for e in story.emotions if e in ds.emotions])
+    if len(names) < 3:
+        raise InputError(f"need at least 3 emotions that both the story registry and the "
+                         f"dialogues have, got {names}")
+    regs: dict[str, EmotionRegistry] = {}
+    shuffled: dict[str, list[EmotionRegistry]] = {}
+    for w in fams:
+        out: list[EmotionRegistry] = []
+        regs[FAMILIES[w]] = extract_speaker_emotions(
+            model, w, ds, layers=[layer], emotions=names, default_layer=layer,
+            positions_per_turn=positions_per_turn, neutral=neutral, validate=validate,
+            batch_size=batch_size, compute_dtype=compute_dtype, progress=progress,
+            max_dialogues_per_emotion=max_dialogues_per_emotion, n_shuffled=max(n_shuffled, 1),
+            shuffled_out=out if n_shuffled else None)
+        if out:
+            shuffled[FAMILIES[w]] = out
+    return speaker_story_cosines(story, regs, layer=layer, emotions=names,
+                                 n_resamples=n_resamples, n_placebo=n_placebo, seed=seed,
+                                 shuffled=shuffled)

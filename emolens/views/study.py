@@ -8,6 +8,8 @@ reply-emotion prediction). Like ``emolens.views.figures``: plain arrays in, a
   candidate layer, with the KL limit and the chosen layer marked.
 - ``plot_predictor_curves``: correlation with the reply's emotion per layer for two readout
   positions, with intervals.
+- ``plot_speaker_cosines``: matching-emotion cosines of the speaker families with the story
+  directions, per emotion, with the placebo and shuffled-label controls.
 """
 from __future__ import annotations
 
@@ -123,4 +125,40 @@ def plot_predictor_curves(layers: Sequence[int], curves: Mapping[str, tuple[Arra
     return fig
 
 
-__all__ = ["plot_ablation_curves", "plot_predictor_curves", "plot_steering_score"]
+def plot_speaker_cosines(emotions: Sequence[str], matching: Mapping[str, ArrayLike], *,
+                         placebo: Mapping[str, float] | None = None,
+                         shuffled: Mapping[str, float] | None = None,
+                         title: str | None = None, ax: Axes | None = None) -> Figure:
+    """Grouped bars: per emotion, the matching-emotion cosine of each speaker family with the
+    story directions (``matching[family]``, one value per emotion); per family, the mean of
+    the random-direction placebo (dotted) and of the shuffled-label control (dashed) as
+    horizontal lines in the family's colour."""
+    names = [str(e) for e in emotions]
+    if not matching:
+        raise InputError("matching must give at least one family's cosines")
+    x = np.arange(len(names), dtype=np.float64)
+    fig, ax = _new_axes(ax, (max(5.8, 0.55 * len(names) + 2.5), 3.8))
+    width = 0.8 / len(matching)
+    for j, (fam, vals) in enumerate(matching.items()):
+        v = _arr(vals, f"matching[{fam!r}]", 1)
+        _same_len(v, len(names), f"matching[{fam!r}]", "emotions")
+        bars = ax.bar(x - 0.4 + width * (j + 0.5), v, width, label=str(fam))
+        color = bars.patches[0].get_facecolor() if bars.patches else None
+        if placebo is not None and fam in placebo:
+            ax.axhline(float(placebo[fam]), color=color, ls=":", lw=1.0,
+                       label=f"{fam}: random directions")
+        if shuffled is not None and fam in shuffled:
+            ax.axhline(float(shuffled[fam]), color=color, ls="--", lw=1.0,
+                       label=f"{fam}: shuffled labels")
+    ax.axhline(0, color="0.3", lw=0.8)
+    ax.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("cosine with the story direction")
+    ax.set_title(title or "Speaker directions vs story directions (matching emotion)",
+                 fontsize=9)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=7)
+    return fig
+
+
+__all__ = ["plot_ablation_curves", "plot_predictor_curves", "plot_speaker_cosines",
+           "plot_steering_score"]

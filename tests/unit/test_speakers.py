@@ -216,3 +216,85 @@ def test_comparison_checks_its_inputs(tiny, story_registry):
         speaker_story_cosines(story_registry, present, emotions=["e0", "e1"])
     with pytest.raises(InputError, match="speaker family"):
         extract_speaker_emotions(tiny, "third", ds)
+
+
+# ------------------------------------------------------------------------------ shuffled labels
+def test_shuffled_out_is_the_label_permutation_fit_from_the_same_pass(tiny):
+    from emolens.extraction.extract import extract_emotions
+
+    rng = np.random.default_rng(3)
+    texts = {e: [f"{_filler(rng, 8)} {m * 6}" for _ in range(5)] for e, m in zip(EMOS, MARKS)}
+    kw = dict(layers=[1, 2], validate=False, neutral=[], progress=False, default_layer=2)
+    out: list = []
+    real = extract_emotions(tiny, texts, shuffled_control=2, shuffled_out=out, **kw)
+    assert [r.metadata["shuffled_labels_seed"] for r in out] == [0, 1]
+    assert all(r.family == real.family and r.default_layer == 2 for r in out)
+    # seed k of the in-pass control is exactly the registry fitted with that permutation
+    alone = extract_emotions(tiny, texts, label_permutation_seed=1, **kw)
+    torch.testing.assert_close(out[1].matrix(2), alone.matrix(2), atol=1e-5, rtol=1e-5)
+    # ... and the real fit is untouched by the controls
+    plain = extract_emotions(tiny, texts, **kw)
+    torch.testing.assert_close(real.matrix(2), plain.matrix(2))
+    assert not torch.allclose(out[0].matrix(2), real.matrix(2), atol=1e-3)
+
+
+def _experiment(tiny, story_registry, marker_of, **kw):
+    from emolens.extraction.speakers import speaker_experiment
+
+    return speaker_experiment(tiny, story_registry, dialogues=_dialogues(marker_of),
+                              which="present", positions_per_turn=4, n_shuffled=4,
+                              validate=False, neutral=[], n_resamples=300, n_placebo=100,
+                              progress=False, **kw)
+
+
+def test_shuffled_control_sits_near_zero_under_a_planted_effect(tiny, story_registry):
+    res = _experiment(tiny, story_registry, lambda c, k: MARKS[c])
+    s = res.summary["present_speaker"]
+    assert s["n_shuffled"] == 4 and len(s["shuffled_by_seed"]) == 4
+    assert s["diagonal"] > 0.6
+    assert abs(s["shuffled"]) < 0.2 and s["shuffled_range"][1] < s["diagonal_ci"][0]
+    assert s["shuffled_range"][0] <= s["shuffled"] <= s["shuffled_range"][1]
+    assert "permuted emotion labels (4 seeds)" in res.statement
+    assert "cosine is above what the shared dialogue content" in res.statement
+    assert "shuffled labels" in res._repr_html_()
+    d = json.loads(json.dumps(res.to_dict()))
+    assert d["summary"]["present_speaker"]["shuffled_by_seed"] == s["shuffled_by_seed"]
+    assert d["registries"]["present_speaker"]["family"] == "present_speaker"
+    assert res.registries["present_speaker"].layers == [2]  # extracted at the story's layer
+    fig = res.figure()
+    assert len(fig.axes[0].patches) == len(EMOS)  # one bar per emotion
+
+
+def test_shuffled_control_under_a_null_stays_null(tiny, story_registry):
+    res = _experiment(tiny, story_registry, lambda c, k: MARKS[k % 4])
+    s = res.summary["present_speaker"]
+    assert abs(s["shuffled"]) < 0.2 and abs(s["diagonal"]) < 0.35
+    assert "cosine is not above what the shared dialogue content" in res.statement
+
+
+def test_speaker_experiment_checks_its_inputs(tiny, story_registry):
+    from emolens.extraction.speakers import speaker_experiment
+
+    ds = _dialogues(lambda c, k: MARKS[c], n_per=2)
+    with pytest.raises(InputError, match="speaker family"):
+        speaker_experiment(tiny, story_registry, which=("present", "both"), dialogues=ds)
+    with pytest.raises(InputError, match="n_shuffled"):
+        speaker_experiment(tiny, story_registry, dialogues=ds, n_shuffled=-1)
+    with pytest.raises(InputError, match="layer 7"):
+        speaker_experiment(tiny, story_registry, dialogues=ds, layer=7)
+    with pytest.raises(InputError, match="at least 3"):
+        speaker_experiment(tiny, story_registry, dialogues=ds, emotions=["e0", "e1"])
+    present = _speaker(tiny, ds, "present")
+    with pytest.raises(InputError, match="keyed like"):
+        speaker_story_cosines(story_registry, present, shuffled={"other": [present]})
+
+
+def test_select_dialogues_alternates_both_sides():
+    from emolens.extraction.speakers import select_dialogues
+
+    ds = load_dialogues()
+    got = select_dialogues(ds, ["sad", "calm"], "train", 3)
+    assert [d.emotion for d in got] == ["sad"] * 3 + ["calm"] * 3
+    assert [d.speaker for d in got[:3]] == ["user", "assistant", "user"]
+    assert all(d.split == "train" for d in got)
+    assert len(select_dialogues(ds, ["sad"], "train", None)) == len(ds.select("sad", "train"))
