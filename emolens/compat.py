@@ -1,7 +1,11 @@
 """Everything that differs between TransformerLens / transformers versions lives here.
 
-- ``Model``: the structural type emolens functions accept (``TransformerLensModel`` protocol of
-  TransformerLens 4.x; a ``HookedTransformer`` of older releases matches it too).
+- ``Model``: the structural type emolens functions accept: the ``TransformerLensModel`` protocol
+  of TransformerLens 4.x plus the members emolens also uses that the protocol leaves out (the
+  tokenizer, the forward call, ``hooks()``, ``generate``, ``parameters``, ``W_U``, ``blocks``,
+  ``hook_dict``). ``TransformerBridge`` and a ``HookedTransformer`` of older releases have them
+  all. emolens modules import it under ``TYPE_CHECKING`` only, so annotating costs no import and
+  checks nothing at run time.
 - ``ensure_kv_cache_compat()``: transformers 5.24 renamed the per-layer cache keyword of its
   attention modules from ``past_key_values`` to ``cache``; TransformerLens 4.0-4.3 attention
   bridges only read the old names, so cached decoding silently attends to one position. The shim
@@ -14,14 +18,39 @@ import contextlib
 import functools
 import warnings
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
+
+from transformer_lens.model_protocol import TransformerLensModel
 
 from emolens.runtime import model_device  # noqa: F401 - re-exported; it lives in emolens.runtime
 
-try:  # TransformerLens >= 4
-    from transformer_lens.model_protocol import TransformerLensModel as Model
-except ImportError:  # pragma: no cover - older TransformerLens
-    Model = Any  # type: ignore[misc,assignment]
+
+@runtime_checkable
+class Model(TransformerLensModel, Protocol):
+    """TransformerLens's ``TransformerLensModel`` (``cfg``, ``run_with_cache``,
+    ``run_with_hooks``, ``to_tokens``) plus what emolens reads beyond it. Loosely typed, as the
+    protocol itself is: implementations differ in signature detail but agree in use."""
+
+    @property
+    def tokenizer(self) -> Any: ...
+
+    @property
+    def W_U(self) -> Any: ...
+
+    @property
+    def blocks(self) -> Any: ...
+
+    @property
+    def hook_dict(self) -> Any: ...
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def hooks(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def parameters(self, *args: Any, **kwargs: Any) -> Any: ...
+
 
 _KV_SHIM_ATTR = "_emolens_kv_cache_shim"
 
@@ -70,17 +99,17 @@ def silence_known_warnings() -> Iterator[None]:
         yield
 
 
-def n_layers(model: Any) -> int:
+def n_layers(model: Model) -> int:
     return int(model.cfg.n_layers)
 
 
-def d_model(model: Any) -> int:
+def d_model(model: Model) -> int:
     return int(model.cfg.d_model)
 
 
 
 
-def hook_names(model: Any) -> list[str]:
+def hook_names(model: Model) -> list[str]:
     """All hook point names the model exposes (canonical and legacy aliases)."""
     hd = getattr(model, "hook_dict", None)
     if hd is None:  # pragma: no cover

@@ -32,11 +32,14 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from emolens.errors import DistributedError, InputError
+
+if TYPE_CHECKING:
+    from emolens.compat import Model
 
 DEFAULT_TIMEOUT_S = 1800.0
 _CHUNK = 1 << 25  # elements per all-reduce call: bounds the collective's extra memory
@@ -278,7 +281,7 @@ def shard_by_tokens(lengths: Sequence[int], world_size: int) -> list[list[int]]:
     return [sorted(s) for s in shards]
 
 
-def token_lengths(model: Any, texts: Sequence[Any]) -> list[int]:
+def token_lengths(model: Model, texts: Sequence[Any]) -> list[int]:
     """Token count of each text (strings with the model's BOS; conversations rendered with the
     chat template), computed with the tokenizer in one batched call."""
     from emolens.tokens import render_chat
@@ -291,7 +294,7 @@ def token_lengths(model: Any, texts: Sequence[Any]) -> list[int]:
     return [len(x) + (bos if isinstance(t, str) else 0) for x, t in zip(ids, texts)]
 
 
-def shard(ctx: DistContext, model: Any, texts: Sequence[Any]) -> list[int]:
+def shard(ctx: DistContext, model: Model, texts: Sequence[Any]) -> list[int]:
     """This rank's indices into ``texts`` (all of them on one process)."""
     if not ctx.active:
         return list(range(len(texts)))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Int
@@ -23,6 +23,9 @@ from jaxtyping import Int
 from emolens.compat import silence_known_warnings
 from emolens.errors import InputError, SteeringError
 from emolens.runtime import model_device
+
+if TYPE_CHECKING:
+    from emolens.compat import Model
 
 
 @dataclass
@@ -84,7 +87,7 @@ def _as_steerings(steering: Any) -> list[Any]:
     return out
 
 
-def stop_token_ids(model: Any) -> list[int]:
+def stop_token_ids(model: Model) -> list[int]:
     """The token ids that end a generation (the model config's, else the tokenizer's EOS)."""
     eos = getattr(model.cfg, "eos_token_id", None)
     if eos is None and model.tokenizer is not None:
@@ -105,7 +108,7 @@ def _check_settings(max_new_tokens: int, do_sample: bool, temperature: float | i
         raise InputError(f"top_p={top_p!r} must be in (0, 1]")
 
 
-def generate(model: Any, prompt_or_messages: Any, *, max_new_tokens: int = 40,
+def generate(model: Model, prompt_or_messages: Any, *, max_new_tokens: int = 40,
              steering: Any = None, monitor: Any = None, do_sample: bool = False,
              temperature: float | int = 1.0, top_p: float | int | None = None,
              seed: int | None = None, use_past_kv_cache: bool = True, stop_at_eos: bool = True,
@@ -198,7 +201,7 @@ def generate(model: Any, prompt_or_messages: Any, *, max_new_tokens: int = 40,
                       readout=readout)
 
 
-def _finish(model: Any, out: torch.Tensor, prompt_mask: torch.Tensor, prompt_len: int,
+def _finish(model: Model, out: torch.Tensor, prompt_mask: torch.Tensor, prompt_len: int,
             stop_at_eos: bool) -> tuple[torch.Tensor, list[str]]:
     """Attention mask over prompt + generated tokens (real up to the stop token) and texts."""
     gen = out[:, prompt_len:]
@@ -218,7 +221,7 @@ def _finish(model: Any, out: torch.Tensor, prompt_mask: torch.Tensor, prompt_len
     return mask, texts
 
 
-def _monitor(model: Any, registry: Any, tokens: torch.Tensor, mask: torch.Tensor,
+def _monitor(model: Model, registry: Any, tokens: torch.Tensor, mask: torch.Tensor,
              prompt_len: int, handle: Any, texts: list[str], centered: bool = True) -> Any:
     """Readout of the residual stream at every registry layer for every token.
 
@@ -259,7 +262,7 @@ def _monitor(model: Any, registry: Any, tokens: torch.Tensor, mask: torch.Tensor
                           centered)
 
 
-def _build_readout(model: Any, registry: Any, tokens: torch.Tensor, mask: torch.Tensor,
+def _build_readout(model: Model, registry: Any, tokens: torch.Tensor, mask: torch.Tensor,
                    prompt_len: int, scores: torch.Tensor, layers: list[int], texts: list[str],
                    centered: bool) -> Any:
     from emolens.readout.readout import Readout

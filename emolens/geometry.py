@@ -29,7 +29,7 @@ import html
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -38,6 +38,9 @@ from jaxtyping import Float, Int
 from emolens.errors import InputError, unknown_name_message
 from emolens.registry import EmotionRegistry
 from emolens.sites import Site
+
+if TYPE_CHECKING:
+    from emolens.compat import Model
 
 LayerArg = int | str | Site | None
 #: one emotion's human ratings: ``(valence, arousal)`` on any consistent scale.
@@ -599,7 +602,7 @@ def cross_layer_similarity(registry: EmotionRegistry, layers: Sequence[LayerArg]
 _READOUTS = ("direction", "state")
 
 
-def _direction_logits(model: Any, dirs: torch.Tensor) -> torch.Tensor:
+def _direction_logits(model: Model, dirs: torch.Tensor) -> torch.Tensor:
     """``(ln_final(v) - ln_final(0)) @ W_U`` per row: the norm's linear action, no biases."""
     from transformer_lens.utilities.quantization import require_readable_weight
 
@@ -619,7 +622,7 @@ def _direction_logits(model: Any, dirs: torch.Tensor) -> torch.Tensor:
     return (y @ w_u).float()
 
 
-def logit_lens(model: Any, registry: EmotionRegistry, layer: LayerArg = None, k: int = 10,
+def logit_lens(model: Model, registry: EmotionRegistry, layer: LayerArg = None, k: int = 10,
                emotions: Sequence[str] | None = None, *, readout: str = "direction",
                strict: bool = True) -> pd.DataFrame:
     """Top-``k`` tokens each emotion direction promotes and suppresses through the unembedding.

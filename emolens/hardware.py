@@ -28,6 +28,8 @@ from emolens.errors import InputError
 if TYPE_CHECKING:
     import torch
 
+    from emolens.compat import Model
+
 ENV_VAR = "EMOLENS_COMPUTE_DTYPE"
 _NAMES = ("auto", "model", "float32", "bfloat16", "float16")
 
@@ -150,7 +152,7 @@ def _dtype_name(dtype: Any) -> str:
     return str(dtype).replace("torch.", "")
 
 
-def _model_device_dtype(model: Any) -> tuple[Any, Any]:
+def _model_device_dtype(model: Model | None) -> tuple[Any, Any]:
     import torch
 
     if model is not None and hasattr(model, "parameters"):
@@ -162,7 +164,7 @@ def _model_device_dtype(model: Any) -> tuple[Any, Any]:
     return torch.device("cpu"), torch.float32
 
 
-def resolve_compute_dtype(spec: Any = "auto", model: Any = None, *,
+def resolve_compute_dtype(spec: Any = "auto", model: Model | None = None, *,
                           device: Any = None) -> ComputeDtype:
     """Resolve ``spec`` ("auto", "model", "float32", "bfloat16", "float16", a ``torch.dtype``
     or ``None`` = the model's own dtype) for ``model`` (or an explicit ``device``).

@@ -28,7 +28,7 @@ import struct
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float
@@ -40,6 +40,9 @@ from emolens.errors import (
 )
 from emolens.io import atomic_open, file_lock, parse_json, sha256_bytes, write_json
 from emolens.sites import Site
+
+if TYPE_CHECKING:
+    from emolens.compat import Model
 
 FORMAT_VERSION = 2  # 2: the tensor file's header binds the JSON (meta_sha256)
 META_FILE = "registry.json"
@@ -316,7 +319,7 @@ class EmotionRegistry:
                              op="combine", name=name, weights=dict(weights))
 
     # ------------------------------------------------------------------ model checks
-    def check_model(self, model: Any, *, strict: bool = True) -> None:
+    def check_model(self, model: Model, *, strict: bool = True) -> None:
         """The one model check, run at the entry of every public call that takes a model and
         a registry: refuse a model whose id, d_model, layer count or weight processing differ
         from the registry's, or that lacks a site's hook (or has it at another layer).
@@ -429,7 +432,7 @@ class EmotionRegistry:
         return folder
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], model: Any | None = None, *,
+    def load(cls, path: str | os.PathLike[str], model: Model | None = None, *,
              strict: bool = True) -> EmotionRegistry:
         """Load a registry folder; verify both hashes, every type and shape; check ``model``
         if given (``check_model(model, strict=strict)``). Any problem is a ``RegistryError``.

@@ -21,8 +21,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # torch is imported lazily: the CLI parser imports this module cheaply
     import torch
 
+    from emolens.compat import Model
 
-def model_device(model: Any) -> torch.device:
+
+def model_device(model: Model) -> torch.device:
     """The device of ``model``'s inputs: ``model.cfg.device`` (TransformerLens keeps it in
     step with ``model.to``), else the first parameter's device, else the CPU."""
     import torch

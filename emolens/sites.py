@@ -13,9 +13,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from emolens.errors import SiteError, unknown_name_message
+
+if TYPE_CHECKING:
+    from emolens.compat import Model
 
 DEFAULT_HOOK = "resid_post"
 _LAYER_RE = re.compile(r"^blocks\.(\d+)\.")
@@ -42,7 +45,7 @@ def _layer_of(name: str) -> int:
     return int(m.group(1)) if m else -1
 
 
-def _valid_hooks(model: Any) -> list[str]:
+def _valid_hooks(model: Model) -> list[str]:
     hd = getattr(model, "hook_dict", None)
     return list(hd.keys()) if hd is not None else []
 
@@ -60,7 +63,7 @@ def _check_layer(layer: int, n_layers: int, spec: Any) -> int:
     return layer
 
 
-def resolve_site(model: Any, spec: int | str | tuple[str, int] | Site, *,
+def resolve_site(model: Model, spec: int | str | tuple[str, int] | Site, *,
                  hook: str = DEFAULT_HOOK) -> Site:
     """Resolve a layer number, ``(short_name, layer)``, hook name or ``Site`` to a ``Site``.
 
@@ -108,7 +111,7 @@ def _short_to_name(short: str, layer: int) -> str:
     return f"blocks.{layer}.hook_{short}"
 
 
-def resolve_sites(model: Any, specs: int | str | Site | Iterable[Any] | None, *,
+def resolve_sites(model: Model, specs: int | str | Site | Iterable[Any] | None, *,
                   hook: str = DEFAULT_HOOK) -> list[Site]:
     """Resolve many site specs (``None`` means every layer) into sorted, unique ``Site``s."""
     if specs is None:

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Bool, Int
 
 from emolens.errors import InputError
+
+if TYPE_CHECKING:
+    from emolens.compat import Model
 
 Message = dict[str, str]
 Conversation = list[Message]
@@ -61,7 +64,7 @@ class TokenizedBatch:
             return {}
         return {"attention_mask": self.attention_mask}
 
-    def str_tokens(self, model: Any) -> list[list[str]]:
+    def str_tokens(self, model: Model) -> list[list[str]]:
         """Token strings of each row, real tokens only."""
         out = []
         for row, mask in zip(self.tokens, self.attention_mask.bool()):
@@ -129,7 +132,7 @@ def normalise_inputs(inputs: Any) -> list[TextInput]:
     return items
 
 
-def render_chat(model: Any, messages: Conversation, *, add_generation_prompt: bool | None = None
+def render_chat(model: Model, messages: Conversation, *, add_generation_prompt: bool | None = None
                 ) -> str:
     """Render chat messages with the model's chat template.
 
@@ -150,7 +153,7 @@ def render_chat(model: Any, messages: Conversation, *, add_generation_prompt: bo
                                        add_generation_prompt=add_generation_prompt))
 
 
-def _catalogue_facts(model: Any) -> Any:
+def _catalogue_facts(model: Model) -> Any:
     """The model's catalogue entry (``emolens.models.catalogue``), or None for other models."""
     from emolens.models.catalogue import facts_for_model
 
@@ -176,7 +179,7 @@ def render_plain_dialogue(messages: Conversation, *, add_generation_prompt: bool
     return "\n".join(lines)
 
 
-def _bos_for(model: Any, chat: bool) -> bool:
+def _bos_for(model: Model, chat: bool) -> bool:
     """Whether a BOS is prepended: the catalogue's fact for catalogue models (a chat template
     supplies its own first token; the plain dialogue rendering gets the model's BOS), else the
     model's ``default_prepend_bos`` for strings and none for chat-template output."""
@@ -188,12 +191,12 @@ def _bos_for(model: Any, chat: bool) -> bool:
     return False if chat else bool(getattr(model.cfg, "default_prepend_bos", True))
 
 
-def _encode(model: Any, text: str, prepend_bos: bool) -> list[int]:
+def _encode(model: Model, text: str, prepend_bos: bool) -> list[int]:
     return model.to_tokens(text, prepend_bos=prepend_bos, truncate=False, move_to_device=False
                            )[0].tolist()
 
 
-def to_inputs(model: Any, inputs: Any, *, padding_side: str = "right",
+def to_inputs(model: Model, inputs: Any, *, padding_side: str = "right",
               max_len: int | None = None) -> TokenizedBatch:
     """Tokenise strings and/or conversations into one padded ``TokenizedBatch``.
 

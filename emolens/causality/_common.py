@@ -5,7 +5,7 @@ bars and the model's device from ``emolens.runtime``."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -14,10 +14,13 @@ from emolens.positions import PositionSpec, position_mask
 from emolens.runtime import model_device
 from emolens.tokens import TokenizedBatch, to_inputs
 
+if TYPE_CHECKING:
+    from emolens.compat import Model
+
 TokenSpec = str | int | Sequence[str | int] | torch.Tensor
 
 
-def as_batch(model: Any, inputs: Any, *, padding_side: str = "right") -> TokenizedBatch:
+def as_batch(model: Model, inputs: Any, *, padding_side: str = "right") -> TokenizedBatch:
     """A ``TokenizedBatch`` from a batch, a ``[batch, pos]`` token tensor, or texts/chats."""
     if isinstance(inputs, TokenizedBatch):
         return inputs
@@ -69,7 +72,7 @@ def paired_positions(source: TokenizedBatch, target: TokenizedBatch, spec: Posit
     return torch.cat(rows), torch.cat(tpos), torch.cat(spos)
 
 
-def token_id(model: Any, tok: str | int) -> int:
+def token_id(model: Model, tok: str | int) -> int:
     """One token id from an id or a string that encodes to exactly one token."""
     if isinstance(tok, bool):
         raise InputError(f"token must be a string or an id, got {tok!r}")
@@ -84,7 +87,7 @@ def token_id(model: Any, tok: str | int) -> int:
     return int(ids[0])
 
 
-def token_ids(model: Any, spec: TokenSpec) -> list[int]:
+def token_ids(model: Model, spec: TokenSpec) -> list[int]:
     """Token ids of a string/id or a list of them (a set of alternatives)."""
     if isinstance(spec, (str, int)):
         return [token_id(model, spec)]
@@ -96,7 +99,7 @@ def token_ids(model: Any, spec: TokenSpec) -> list[int]:
     return out
 
 
-def forward(model: Any, batch: TokenizedBatch, fwd_hooks: list[tuple[str, Any]] | None = None
+def forward(model: Model, batch: TokenizedBatch, fwd_hooks: list[tuple[str, Any]] | None = None
             ) -> torch.Tensor:
     """Logits of ``batch`` (on the CPU) with temporary forward hooks, under ``no_grad``."""
     dev = model_device(model)

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -30,6 +30,9 @@ from emolens.positions import reply_or_last
 from emolens.runtime import batches, model_device, progress_bar, rows_per_chunk
 from emolens.stats import Estimate
 from emolens.tokens import TokenizedBatch
+
+if TYPE_CHECKING:
+    from emolens.compat import Model
 
 DATA_DIR = Path(__file__).parent / "data"
 QUANT_NOTE = ("default model: SmolLM2-135M-Instruct de-quantised from a Q4_1 GGUF (not the "
@@ -106,7 +109,7 @@ class BehaviourResult:
 
 
 # ---------------------------------------------------------------------------------- A/B scoring
-def ab_token_sets(model: Any, letters: Sequence[str] = ("A", "B")) -> list[list[int]]:
+def ab_token_sets(model: Model, letters: Sequence[str] = ("A", "B")) -> list[list[int]]:
     """For each answer letter, the ids of its single-token spellings (``"A"``, ``" A"``)."""
     out = []
     for letter in letters:
@@ -137,7 +140,7 @@ class ABScores:
     acts: dict[str, list[torch.Tensor]]
 
 
-def score_ab(model: Any, batch: TokenizedBatch, letter_ids: list[list[int]], *,
+def score_ab(model: Model, batch: TokenizedBatch, letter_ids: list[list[int]], *,
              steer: SteerFactory | None = None, capture: Sequence[str] = (),
              capture_fn: Callable[[str, torch.Tensor, TokenizedBatch], torch.Tensor] | None = None,
              max_tokens: int = 2048, progress: bool = False, desc: str = "A/B") -> ABScores:
@@ -175,7 +178,7 @@ def score_ab(model: Any, batch: TokenizedBatch, letter_ids: list[list[int]], *,
     return ABScores(torch.cat(p_a), torch.cat(mass), acts)
 
 
-def steer_context(model: Any, registry: Any, emotion: str | torch.Tensor, strength: float,
+def steer_context(model: Model, registry: Any, emotion: str | torch.Tensor, strength: float,
                   layer: int, mask: torch.Tensor | None = None, strict: bool = False
                   ) -> AbstractContextManager[Any]:
     """``emolens.steering.steer`` at the registry's site: a named emotion, or a raw unit

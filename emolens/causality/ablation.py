@@ -28,13 +28,16 @@ import html
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from emolens.causality._common import CausalityError
 from emolens.stats import Estimate, paired_difference
+
+if TYPE_CHECKING:
+    from emolens.compat import Model
 
 MODES = ("all_layers", "at_layer")
 EXPECT = ("decrease", "increase", "any")
@@ -159,7 +162,7 @@ class AblationResult:
 
 
 # ---------------------------------------------------------------------------- pieces
-def _kl_many(model: Any, steerings: Sequence[Any], texts: Any, batch_size: int) -> list[float]:
+def _kl_many(model: Model, steerings: Sequence[Any], texts: Any, batch_size: int) -> list[float]:
     """Mean KL(unsteered || steered) over content tokens of ``texts`` for each steering; the
     unsteered distribution is computed once per batch."""
     from emolens.runtime import model_device
@@ -222,7 +225,7 @@ def _ablation(vector: torch.Tensor, layer: int, mode: str) -> Any:
     return Steering(vector, 1.0, layer=layer, op="ablate")
 
 
-def ablation_scan(model: Any, registry: Any, emotion: str, *, prompts: Sequence[Any] | None = None,
+def ablation_scan(model: Model, registry: Any, emotion: str, *, prompts: Sequence[Any] | None = None,
                   metric: Callable[[Any], Any] | None = None, metric_name: str | None = None,
                   layers: Sequence[int] | None = None, mode: str = "all_layers",
                   neutral: Any = None, n_neutral: int = 8, kl_limit: float = 0.1,

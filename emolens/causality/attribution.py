@@ -20,7 +20,7 @@ from __future__ import annotations
 import html
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -29,6 +29,9 @@ from emolens.causality._common import CausalityError, as_batch
 from emolens.positions import PositionSpec, position_mask
 from emolens.runtime import model_device
 from emolens.tokens import TokenizedBatch
+
+if TYPE_CHECKING:
+    from emolens.compat import Model
 
 
 @dataclass
@@ -161,7 +164,7 @@ def _site_parts(site_name: str, n_layers: int) -> tuple[int, bool]:
 
 
 def direction_attribution(
-    model: Any,
+    model: Model,
     inputs: Any,
     registry: Any,
     *,
@@ -263,7 +266,7 @@ class LogitEffects:
                 "suppressed": {e: [t for t, _ in v] for e, v in self.suppressed.items()}}
 
 
-def direction_logit_effects(model: Any, registry: Any, *, layer: int | str | None = None,
+def direction_logit_effects(model: Model, registry: Any, *, layer: int | str | None = None,
                             emotions: Sequence[str] | None = None, top_k: int = 10,
                             scale: float | None = None) -> LogitEffects:
     """Top promoted / suppressed tokens of each emotion direction through ``ln_final`` and

@@ -8,7 +8,7 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -20,6 +20,9 @@ from emolens.runtime import batches, model_device, progress_bar, rows_per_chunk
 from emolens.scoring import project
 from emolens.stats import pearson, spearman
 from emolens.tokens import to_inputs
+
+if TYPE_CHECKING:
+    from emolens.compat import Model
 
 
 def _load_templates() -> list[Any]:
@@ -36,7 +39,7 @@ def _load_templates() -> list[Any]:
 
 
 def dose_response(
-    model: Any,
+    model: Model,
     registry: Any,
     *,
     templates: Sequence[Any] | None = None,

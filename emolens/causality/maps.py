@@ -23,7 +23,7 @@ import html
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -31,6 +31,9 @@ from jaxtyping import Float, Int
 
 from emolens.causality._common import CausalityError
 from emolens.runtime import batches, model_device, progress_bar
+
+if TYPE_CHECKING:
+    from emolens.compat import Model
 
 _AXES = {
     ("layer", "pos"): "pos",
@@ -60,18 +63,19 @@ def _act_name(activation_name: str, layer: int) -> str:
     return str(get_act_name(activation_name, layer))
 
 
-def _grid(model: Any, activation_name: str, axes: Sequence[str], n_pos: int,
+def _grid(model: Model, activation_name: str, axes: Sequence[str], n_pos: int,
           layers: Sequence[int] | None) -> list[tuple[int, ...]]:
     n_heads = int(model.cfg.n_heads)
-    if activation_name in ("k", "v") and getattr(model.cfg, "n_key_value_heads", None):
-        n_heads = int(model.cfg.n_key_value_heads)
+    kv_heads = getattr(model.cfg, "n_key_value_heads", None)
+    if activation_name in ("k", "v") and kv_heads:
+        n_heads = int(kv_heads)
     ranges = {"layer": list(layers) if layers is not None else list(range(int(model.cfg.n_layers))),
               "pos": list(range(n_pos)), "head": list(range(n_heads))}
     return [tuple(c) for c in itertools.product(*[ranges[a] for a in axes])]
 
 
 def batched_activation_patch(
-    model: Any,
+    model: Model,
     corrupted_tokens: Int[torch.Tensor, "batch pos"],
     clean_cache: Any,
     patching_metric: Callable[[torch.Tensor], torch.Tensor],
@@ -217,7 +221,7 @@ def _names_filter(activation_name: str, layers: Sequence[int]) -> Callable[[str]
 def _sweep(kind: str, name: str | None = None) -> Callable[..., torch.Tensor]:
     activation_name, axes = _KINDS[kind]
 
-    def fn(model: Any, corrupted_tokens: Int[torch.Tensor, "batch pos"], clean_cache: Any,
+    def fn(model: Model, corrupted_tokens: Int[torch.Tensor, "batch pos"], clean_cache: Any,
            patching_metric: Callable[[torch.Tensor], torch.Tensor], *,
            layers: Sequence[int] | None = None, attention_mask: torch.Tensor | None = None,
            max_tokens: int = 8192, reduce: str = "scalar", progress: bool = True
@@ -268,7 +272,7 @@ get_act_patch_attn_head_k_by_pos = _sweep("head_k_by_pos", "get_act_patch_attn_h
 get_act_patch_attn_head_v_by_pos = _sweep("head_v_by_pos", "get_act_patch_attn_head_v_by_pos")
 
 
-def get_act_patch_block_every(model: Any, corrupted_tokens: Int[torch.Tensor, "batch pos"],
+def get_act_patch_block_every(model: Model, corrupted_tokens: Int[torch.Tensor, "batch pos"],
                               clean_cache: Any, metric: Callable[[torch.Tensor], torch.Tensor],
                               **kwargs: Any) -> Float[torch.Tensor, "3 layer pos"]:
     """Batched ``transformer_lens.patching.get_act_patch_block_every``: ``resid_pre``,
@@ -351,7 +355,7 @@ class PatchingMap:
                 f"cell {html.escape(str(s['strongest_cell']))} = {s['strongest_value']:.3f}</div>")
 
 
-def patching_map(model: Any, clean: Any, corrupted: Any,
+def patching_map(model: Model, clean: Any, corrupted: Any,
                  metric: Callable[[torch.Tensor], torch.Tensor], *, kind: str = "resid_pre",
                  layers: Sequence[int] | None = None, max_tokens: int = 8192,
                  progress: bool = True) -> PatchingMap:

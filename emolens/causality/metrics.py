@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float, Int
@@ -21,6 +21,9 @@ from emolens.causality._common import CausalityError, TokenSpec, token_ids
 from emolens.positions import PositionSpec, position_mask
 from emolens.scoring import score
 from emolens.tokens import TokenizedBatch
+
+if TYPE_CHECKING:
+    from emolens.compat import Model
 
 MetricFn = Callable[..., torch.Tensor]
 
@@ -36,7 +39,7 @@ class Metric:
     binder: Callable[[Any], Metric] | None = field(default=None, repr=False)
     higher_means: str = ""
 
-    def bind(self, model: Any) -> Metric:
+    def bind(self, model: Model) -> Metric:
         return self.binder(model) if self.binder is not None else self
 
     def __call__(self, logits: Float[torch.Tensor, "batch pos d_vocab"], batch: TokenizedBatch,
@@ -115,7 +118,7 @@ def logit_diff(tokens_a: TokenSpec, tokens_b: TokenSpec, *, pos: PositionSpec = 
     A string or id names one token; a list names a set of alternatives (combined by
     log-sum-exp, e.g. ``["A", " A"]``); a ``[batch]`` integer tensor gives one token per row.
     """
-    def binder(model: Any) -> Metric:
+    def binder(model: Model) -> Metric:
         a = tokens_a.long().cpu() if isinstance(tokens_a, torch.Tensor) and tokens_a.ndim == 1 \
             and tokens_a.numel() > 1 else token_ids(model, tokens_a)
         b = tokens_b.long().cpu() if isinstance(tokens_b, torch.Tensor) and tokens_b.ndim == 1 \
@@ -137,7 +140,7 @@ def answer_prob(token_ids_: TokenSpec, *, among: TokenSpec | None = None,
     tokens or of token sets, e.g. ``[["A", " A"], ["B", " B"]]``): the softmax restricted to
     those options, so the options' probabilities sum to 1 (an A/B choice).
     """
-    def binder(model: Any) -> Metric:
+    def binder(model: Model) -> Metric:
         target = token_ids(model, token_ids_)
         options: list[list[int]] | None = None
         if among is not None:
@@ -194,7 +197,7 @@ def kl_to_reference(reference: Float[torch.Tensor, "batch d_vocab"], *,
     return Metric(fn, "kl_to_reference", higher_means="further from the reference")
 
 
-def contrast_tokens(model: Any, source_logits: Float[torch.Tensor, "batch d_vocab"],
+def contrast_tokens(model: Model, source_logits: Float[torch.Tensor, "batch d_vocab"],
                     target_logits: Float[torch.Tensor, "batch d_vocab"], *, top_k: int = 20
                     ) -> tuple[Int[torch.Tensor, " batch"], Int[torch.Tensor, " batch"]]:
     """Per pair, the token the source favours most over the target (among the source's top

@@ -19,7 +19,7 @@ from __future__ import annotations
 import html
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -37,6 +37,9 @@ from emolens.runtime import batches, model_device, progress_bar, rows_per_chunk
 from emolens.sites import Site, resolve_site
 from emolens.stats import Estimate, mean_estimate, paired_difference
 from emolens.tokens import TokenizedBatch
+
+if TYPE_CHECKING:
+    from emolens.compat import Model
 
 DirectionSpec = Any  # an EmotionRegistry or a [k, d_model] tensor
 
@@ -56,7 +59,7 @@ def orthonormal_basis(directions: Float[torch.Tensor, "k d_model"]
     return orthonormal_subspace(d.T.contiguous()).basis.float()
 
 
-def _bases(model: Any, directions: DirectionSpec, emotions: Any, layer: Any,
+def _bases(model: Model, directions: DirectionSpec, emotions: Any, layer: Any,
            sites: Any) -> tuple[list[Site], list[torch.Tensor], str]:
     """Resolve (sites, one basis per site, label)."""
     from emolens.registry import EmotionRegistry
@@ -225,7 +228,7 @@ def _capture_hooks(names: Sequence[str], store: dict[str, torch.Tensor]) -> list
     return [(n, make(n)) for n in names]
 
 
-def run_metric(model: Any, batch: TokenizedBatch, metric: Metric,
+def run_metric(model: Model, batch: TokenizedBatch, metric: Metric,
                hooks: Sequence[tuple[str, Any]] = (), rows: torch.Tensor | None = None
                ) -> torch.Tensor:
     """The metric on one forward pass of ``batch`` with extra hooks (captures ``metric.reads``
@@ -250,7 +253,7 @@ def _interchange_hook(fn: Any, rows: torch.Tensor, tpos: torch.Tensor, src: torc
 
 
 def patch_direction(
-    model: Any,
+    model: Model,
     source: Any,
     target: Any,
     directions: DirectionSpec,

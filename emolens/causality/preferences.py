@@ -12,7 +12,7 @@ import math
 import random
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -35,6 +35,9 @@ from emolens.steering.interventions import random_direction
 from emolens.stimuli.emotions import CORE_EMOTIONS
 from emolens.tokens import TokenizedBatch, to_inputs
 
+if TYPE_CHECKING:
+    from emolens.compat import Model
+
 
 def preference_prompt(a: str, b: str) -> list[dict[str, str]]:
     """The chat asking to choose between activity ``a`` (option A) and ``b`` (option B)."""
@@ -42,7 +45,7 @@ def preference_prompt(a: str, b: str) -> list[dict[str, str]]:
                                         "Answer with A or B."}]
 
 
-def span_masks(model: Any, batch: TokenizedBatch, spans: list[list[tuple[int, int]]]
+def span_masks(model: Model, batch: TokenizedBatch, spans: list[list[tuple[int, int]]]
                 ) -> list[torch.Tensor]:
     """For each character span (per row), a [batch, pos] mask of the tokens overlapping it."""
     tok = model.tokenizer
@@ -67,7 +70,7 @@ def span_masks(model: Any, batch: TokenizedBatch, spans: list[list[tuple[int, in
 
 
 def preference_experiment(
-    model: Any,
+    model: Model,
     registry: Any,
     *,
     activities: Sequence[Activity] | None = None,

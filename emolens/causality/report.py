@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -29,6 +29,9 @@ from emolens.causality.preferences import preference_experiment
 from emolens.causality.shortcut import shortcut_experiment, shortcut_prompt
 from emolens.positions import reply_or_last
 from emolens.stimuli.emotions import CORE_EMOTIONS
+
+if TYPE_CHECKING:
+    from emolens.compat import Model
 
 POSITIVE = ("happy", "inspired", "loving", "proud", "calm")
 NEGATIVE = ("desperate", "angry", "guilty", "sad", "afraid", "nervous")
@@ -66,7 +69,7 @@ def _scenario_pairs(n_pairs: int) -> tuple[list[Any], list[Any], list[str]]:
     return src, tgt, lab
 
 
-def _equal_length_pair(model: Any) -> tuple[str, str]:
+def _equal_length_pair(model: Model) -> tuple[str, str]:
     for clean, corrupted in MINIMAL_PAIRS:
         if model.to_tokens(clean).shape == model.to_tokens(corrupted).shape:
             return clean, corrupted
@@ -161,7 +164,7 @@ def dose_figure(res: BehaviourResult) -> Any:
                                   zip(ck.template, ck.emotion, ck.expected))
 
 
-def run_causality(model: Any, registry: Any, *, quick: bool = True, layer: int | None = None,
+def run_causality(model: Model, registry: Any, *, quick: bool = True, layer: int | None = None,
                   seed: int = 0, progress: bool = False, raise_errors: bool = False,
                   sizes: dict[str, Any] | None = None, strict: bool = True,
                   behaviours: Sequence[str] = ("shortcut", "preferences", "dose_response")

@@ -14,7 +14,7 @@ import random
 import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -36,6 +36,9 @@ from emolens.stats import bootstrap_ci, mean_estimate, paired_difference
 from emolens.steering.interventions import random_direction
 from emolens.tokens import TokenizedBatch, to_inputs
 
+if TYPE_CHECKING:
+    from emolens.compat import Model
+
 
 def shortcut_prompt(s: ShortcutScenario, shortcut_first: bool) -> list[dict[str, str]]:
     """The chat asking scenario ``s``, the shortcut as option (A) when ``shortcut_first``."""
@@ -46,7 +49,7 @@ def shortcut_prompt(s: ShortcutScenario, shortcut_first: bool) -> list[dict[str,
 
 
 def shortcut_experiment(
-    model: Any,
+    model: Model,
     registry: Any,
     *,
     emotions: Sequence[str] = ("desperate", "calm"),

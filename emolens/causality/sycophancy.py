@@ -27,7 +27,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -46,6 +46,9 @@ from emolens.causality.behaviour import (
 from emolens.stats import Estimate, paired_difference
 from emolens.steering.interventions import random_direction
 from emolens.tokens import TokenizedBatch, to_inputs
+
+if TYPE_CHECKING:
+    from emolens.compat import Model
 
 MEASURES = ("sycophancy", "harshness")
 _FIELDS = ("id", "kind", "user", "sycophantic", "balanced", "harsh")
@@ -243,7 +246,7 @@ def summarise(per_item: pd.DataFrame, *, seed: int = 0
 
 
 def sycophancy_experiment(
-    model: Any,
+    model: Model,
     registry: Any,
     *,
     positive: Sequence[str] = ("happy", "loving", "calm"),

@@ -26,13 +26,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Bool, Float, Int
 
 from emolens.errors import InputError, RegistryError
 from emolens.sites import Site
+
+if TYPE_CHECKING:
+    from emolens.compat import Model
 
 #: relative depths of the default bank sites (the issue-18 probe: 40-75 % of the blocks)
 DEFAULT_DEPTHS = (0.40, 0.55, 0.65, 0.75)
@@ -230,7 +233,7 @@ class StoryBank:
         return {site.layer: pred[k] == labels for k, site in enumerate(registry.sites)}
 
 
-def _site_list(model: Any, depths: Sequence[float] | None, layers: Sequence[int] | None
+def _site_list(model: Model, depths: Sequence[float] | None, layers: Sequence[int] | None
                ) -> list[Site]:
     from emolens.sites import resolve_site
 
@@ -244,7 +247,7 @@ def _site_list(model: Any, depths: Sequence[float] | None, layers: Sequence[int]
     return sites
 
 
-def _settings(model: Any, corpus: Any, sites: list[Site], emotions: list[str],
+def _settings(model: Model, corpus: Any, sites: list[Site], emotions: list[str],
               max_train: int | None, n_neutral: int) -> dict[str, Any]:
     from emolens.models.provenance import model_provenance
 
@@ -255,7 +258,7 @@ def _settings(model: Any, corpus: Any, sites: list[Site], emotions: list[str],
             "n_neutral": n_neutral, "positions": "content"}
 
 
-def build_story_bank(model: Any, corpus: Any = None, *, emotions: Sequence[str] | None = None,
+def build_story_bank(model: Model, corpus: Any = None, *, emotions: Sequence[str] | None = None,
                      depths: Sequence[float] | None = None, layers: Sequence[int] | None = None,
                      max_train_per_emotion: int | None = None, n_neutral: int = 64,
                      batch_size: int = 8, compute_dtype: Any = "auto",
@@ -400,7 +403,7 @@ def _author(rec: Any) -> str:
     return str(author) if author else "hand-written"
 
 
-def _stream_stories(model: Any, texts: list[str], sites: list[Site], batch_size: int,
+def _stream_stories(model: Model, texts: list[str], sites: list[Site], batch_size: int,
                     compute_dtype: torch.dtype | None, bar: Any) -> dict[str, torch.Tensor]:
     from emolens.extraction import stream_text_means
 
@@ -411,7 +414,7 @@ def _stream_stories(model: Any, texts: list[str], sites: list[Site], batch_size:
             "n_tokens": got.n_tokens}
 
 
-def _stream_neutral(model: Any, neutral: list[Any], sites: list[Site], batch_size: int,
+def _stream_neutral(model: Model, neutral: list[Any], sites: list[Site], batch_size: int,
                     compute_dtype: torch.dtype | None, bar: Any) -> dict[str, torch.Tensor]:
     from emolens.extraction import stream_sites
     from emolens.extraction.accumulator import MomentAccumulator

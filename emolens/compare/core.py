@@ -27,11 +27,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from emolens.errors import InputError
+
+if TYPE_CHECKING:
+    from emolens.compat import Model
 
 #: 12 emotions of the default corpus that the published norms rate, spread over valence and
 #: arousal (the CPU preset's subset): the 9 with implicit scenarios and bored, content, excited.
@@ -289,7 +292,7 @@ def scenario_diagonal(per_scenario: torch.Tensor, scenario_emotions: Sequence[st
             "mean_own_z": {"value": own_z, "ci": ci(1), "shuffled": shuffled(1, own_z)}}
 
 
-def measure_scenarios(model: Any, reg: Any, scenarios: Sequence[Any], *, n_boot: int = 1000,
+def measure_scenarios(model: Model, reg: Any, scenarios: Sequence[Any], *, n_boot: int = 1000,
                       n_perm: int = 1000, seed: int = 0, batch_size: int = 16
                       ) -> dict[str, Any] | None:
     """``scenario_matrix`` at the registry's default layer, scored by ``scenario_diagonal``;
@@ -326,7 +329,7 @@ def word_emotions_for(preset: Preset, emotions: Sequence[str]) -> list[str]:
     return [e for e in CORE_EMOTIONS if e in have] or have
 
 
-def measure_word_test(model: Any, reg: Any, prompts: Sequence[Any], emotions: Sequence[str],
+def measure_word_test(model: Model, reg: Any, prompts: Sequence[Any], emotions: Sequence[str],
                       *, strength: float = 0.1, seed: int = 0, batch_size: int = 16
                       ) -> dict[str, Any] | None:
     """``emotion_word_test`` (the main job's call: all positions, the default layer, random
@@ -363,7 +366,7 @@ def _resolve_preset(preset: str | Preset) -> Preset:
     return PRESETS[preset]
 
 
-def _layers_for(model: Any, stride: int) -> list[int]:
+def _layers_for(model: Model, stride: int) -> list[int]:
     n = int(model.cfg.n_layers)
     layers = list(range(0, n, stride))
     if layers[-1] != n - 1:
@@ -371,7 +374,7 @@ def _layers_for(model: Any, stride: int) -> list[int]:
     return layers
 
 
-def _model_facts(model: Any, name: str) -> dict[str, Any]:
+def _model_facts(model: Model, name: str) -> dict[str, Any]:
     from emolens.models.catalogue import facts_for_model
     from emolens.models.provenance import model_provenance
 

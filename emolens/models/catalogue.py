@@ -12,9 +12,12 @@ Nothing here imports or executes code from those packages: files are located thr
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from emolens.errors import ModelNotAvailableError, unknown_name_message
+
+if TYPE_CHECKING:
+    from emolens.compat import Model
 
 #: How a dialogue is rendered for a base model without a chat template (``chat_template=None``):
 #: one line per message, ``"<Role>: <content>"`` (roles capitalised: ``User``, ``Assistant``,
@@ -232,7 +235,7 @@ def get_model(name: str) -> CatalogueModel:
     return m
 
 
-def facts_for_model(model: Any) -> CatalogueModel | None:
+def facts_for_model(model: Model) -> CatalogueModel | None:
     """The catalogue entry of a loaded model (from its recorded provenance), else None."""
     from emolens.models.provenance import model_provenance
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from emolens.compat import Model
 
 _PROVENANCE: weakref.WeakKeyDictionary[Any, ModelProvenance] = weakref.WeakKeyDictionary()
 
@@ -44,18 +47,18 @@ class ModelProvenance:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
-def record_provenance(model: Any, prov: ModelProvenance) -> None:
+def record_provenance(model: Model, prov: ModelProvenance) -> None:
     _PROVENANCE[model] = prov
 
 
-def _weight_processing(model: Any) -> str:
+def _weight_processing(model: Model) -> str:
     cfg = model.cfg
     if getattr(model, "compatibility_mode", False) or getattr(cfg, "fold_ln", False):
         return "compat"
     return "raw"
 
 
-def model_provenance(model: Any) -> ModelProvenance:
+def model_provenance(model: Model) -> ModelProvenance:
     """The provenance of ``model``: recorded at load time, else derived from its config."""
     try:
         prov = _PROVENANCE.get(model)

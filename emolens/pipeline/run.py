@@ -62,7 +62,7 @@ class RunConfig:
 @dataclass
 class RunContext:
     config: RunConfig
-    model: Any = None
+    model: Any = None  # a Model once loaded; Any spares each section a None check
     corpus: Any = None
     registry: Any = None
     report: Any = None

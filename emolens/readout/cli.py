@@ -13,9 +13,12 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from emolens.errors import InputError
+
+if TYPE_CHECKING:
+    from emolens.compat import Model
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -83,7 +86,7 @@ def _fmt(x: float, spec: str = ".3f") -> str:
     return "nan" if math.isnan(x) else format(x, spec)
 
 
-def run(args: argparse.Namespace, model: Any = None) -> int:
+def run(args: argparse.Namespace, model: Model | None = None) -> int:
     """The command below its argument parsing: ``model`` is loaded from ``--model`` when not
     given (tests pass a model object)."""
     from emolens.errors import check_positive_int

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from difflib import get_close_matches
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float, Int
@@ -33,6 +33,9 @@ from emolens.io import read_jsonl
 from emolens.registry import EmotionRegistry
 from emolens.scoring import CLASSIFY_RULE, score
 from emolens.tokens import TextInput
+
+if TYPE_CHECKING:
+    from emolens.compat import Model
 
 RULE = CLASSIFY_RULE
 DATA_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv"}
@@ -373,7 +376,7 @@ def _resolve_layers(registry: EmotionRegistry, layers: Any) -> list[int]:
 
 
 # ---------------------------------------------------------------------------------- evaluate
-def evaluate(model: Any, registry: EmotionRegistry, texts: Any, labels: Sequence[Any], *,
+def evaluate(model: Model, registry: EmotionRegistry, texts: Any, labels: Sequence[Any], *,
              layers: Sequence[int] | str | int | None = None,
              label_map: Mapping[Any, Any] | None = None, drop_unknown: bool = False,
              batch_size: int = 8, positions: str = "content", progress: bool = True,

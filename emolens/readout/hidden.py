@@ -21,12 +21,15 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from emolens.errors import InputError
 from emolens.registry import EmotionRegistry
+
+if TYPE_CHECKING:
+    from emolens.compat import Model
 
 _SENTENCE = re.compile(r"[^.!?\n]+[.!?]*")
 
@@ -41,7 +44,7 @@ class NeutralBaseline:
     n_tokens: int
 
 
-def neutral_baseline(model: Any, registry: EmotionRegistry, dialogues: Sequence[Any], *,
+def neutral_baseline(model: Model, registry: EmotionRegistry, dialogues: Sequence[Any], *,
                      layer: int | None = None, batch_size: int = 16) -> NeutralBaseline:
     """Readout statistics over the assistant-reply tokens of neutral chat dialogues."""
     from emolens.readout.readout import read_emotions
@@ -69,7 +72,7 @@ def _vader() -> Any:
     return SentimentIntensityAnalyzer()
 
 
-def hidden_emotion_check(model: Any, registry: EmotionRegistry, reply: str, *,
+def hidden_emotion_check(model: Model, registry: EmotionRegistry, reply: str, *,
                          prompt: Sequence[Mapping[str, str]] | None = None,
                          baseline: NeutralBaseline, lexicon: Mapping[str, Sequence[str]],
                          emotions: Sequence[str] | None = None, z_threshold: float = 2.0,

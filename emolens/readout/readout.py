@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -19,6 +19,9 @@ from emolens.errors import InputError, check_positive_int
 from emolens.registry import EmotionRegistry
 from emolens.scoring import check_kind, score
 from emolens.tokens import to_inputs
+
+if TYPE_CHECKING:
+    from emolens.compat import Model
 
 
 @dataclass
@@ -125,7 +128,7 @@ class Readout:
                 f"<tr><th>#</th><th>text</th><th>top pooled emotions</th></tr>{rows}</table></div>")
 
 
-def read_emotions(model: Any, registry: EmotionRegistry, texts: Any, *,
+def read_emotions(model: Model, registry: EmotionRegistry, texts: Any, *,
                   layer: int | str | None = None,
                   layers: Sequence[int | str] | str | None = None, batch_size: int = 16,
                   padding_side: str = "right", kind: str = "projection", centered: bool = True,
@@ -190,7 +193,7 @@ def read_emotions(model: Any, registry: EmotionRegistry, texts: Any, *,
                    batch.texts, kind, centered)
 
 
-def _read_rows(model: Any, items: list[Any], mine: list[int], sites: list[Any],
+def _read_rows(model: Model, items: list[Any], mine: list[int], sites: list[Any],
                mats: list[torch.Tensor], centers: list[Any], kind: str, scores: torch.Tensor,
                width: int, batch_size: int, padding_side: str) -> None:
     """Fill ``scores[row]`` for the rows ``mine``, ``batch_size`` rows per forward."""

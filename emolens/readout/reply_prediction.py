@@ -27,7 +27,7 @@ import html
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -36,10 +36,13 @@ from jaxtyping import Float
 from emolens.errors import InputError
 from emolens.stats import Estimate, pearson
 
+if TYPE_CHECKING:
+    from emolens.compat import Model
+
 POSITIONS = ("reply_open", "user_last")
 
 
-def user_last_positions(model: Any, conversations: Sequence[Sequence[Mapping[str, str]]]
+def user_last_positions(model: Model, conversations: Sequence[Sequence[Mapping[str, str]]]
                         ) -> torch.Tensor:
     """``[batch]`` index (in ``to_inputs``'s right-padded layout) of the last token of the last
     user message of each conversation, rendered with the generation prompt."""
@@ -213,7 +216,7 @@ def _val(x: Estimate | None) -> float:
     return float("nan") if x is None else float(x.value)
 
 
-def reply_emotion_prediction(model: Any, registry: Any, prompts: Sequence[Any] | None = None, *,
+def reply_emotion_prediction(model: Model, registry: Any, prompts: Sequence[Any] | None = None, *,
                              n_prompts: int | None = None, emotions: Sequence[str] | None = None,
                              layers: Sequence[int] | None = None, reply_layer: int | None = None,
                              reply_reading: str = "alone", max_new_tokens: int = 40,

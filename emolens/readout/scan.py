@@ -26,7 +26,7 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float
@@ -34,6 +34,9 @@ from jaxtyping import Float
 from emolens.errors import InputError, unknown_name_message
 from emolens.registry import EmotionRegistry
 from emolens.scoring import score
+
+if TYPE_CHECKING:
+    from emolens.compat import Model
 
 SCAN_FORMAT = 1
 _FILE_KINDS = (".jsonl", ".json", ".csv", ".tsv", ".txt")
@@ -109,7 +112,7 @@ def _iter_file(path: Path, field: str) -> Iterator[str]:
                 yield text
 
 
-def _indexed(source: Any, field: str, ctx: Any, model: Any) -> Iterator[tuple[int, str]]:
+def _indexed(source: Any, field: str, ctx: Any, model: Model) -> Iterator[tuple[int, str]]:
     """(global index, text) pairs of this rank's share. Lists are split by token count; streams
     round-robin (their lengths are not known in advance)."""
     if ctx.active and isinstance(source, Sequence) and not isinstance(source, str):
@@ -136,13 +139,13 @@ class _Batch:
     content: torch.Tensor            # bool [b, pos]: real tokens other than the first
 
 
-def _encode(model: Any, text: str, max_tokens: int) -> tuple[list[int], bool]:
+def _encode(model: Model, text: str, max_tokens: int) -> tuple[list[int], bool]:
     ids = model.to_tokens(text, prepend_bos=bool(getattr(model.cfg, "default_prepend_bos", True)),
                           truncate=False, move_to_device=False)[0].tolist()
     return ids[:max_tokens], len(ids) > max_tokens
 
 
-def _score_batch(model: Any, rows: list[list[int]], site: Any, mat: torch.Tensor,
+def _score_batch(model: Model, rows: list[list[int]], site: Any, mat: torch.Tensor,
                  center: torch.Tensor, compute_dtype: torch.dtype | None) -> torch.Tensor:
     """Centred projections ``[b, pos, emotion]`` at ``site`` (right padding), one forward that
     stops after the site's block; scored on the device of the site's activation."""
@@ -170,7 +173,7 @@ def _score_batch(model: Any, rows: list[list[int]], site: Any, mat: torch.Tensor
     return out[0] * mask[..., None]
 
 
-def _stream_batches(model: Any, registry: EmotionRegistry, pairs: Iterable[tuple[int, str]],
+def _stream_batches(model: Model, registry: EmotionRegistry, pairs: Iterable[tuple[int, str]],
                     layer: int | None, batch_size: int, max_tokens: int,
                     compute_dtype: torch.dtype | None, stats: dict[str, int],
                     bar: Any) -> Iterator[_Batch]:
@@ -412,7 +415,7 @@ def _check_window(window: Any) -> tuple[int, int]:
     return int(window[0]), int(window[1])
 
 
-def top_examples(model: Any, registry: EmotionRegistry, texts: Any, *,
+def top_examples(model: Model, registry: EmotionRegistry, texts: Any, *,
                  emotions: Sequence[str] | None = None, k: int = 20, layer: int | None = None,
                  window: int | tuple[int, int] = (12, 4), one_per_text: bool = True,
                  batch_size: int = 16, max_tokens: int = 256, field: str = "text",
@@ -477,7 +480,7 @@ def top_examples(model: Any, registry: EmotionRegistry, texts: Any, *,
     return result
 
 
-def pooled_scores(model: Any, registry: EmotionRegistry, texts: Any, *, layer: int | None = None,
+def pooled_scores(model: Model, registry: EmotionRegistry, texts: Any, *, layer: int | None = None,
                   batch_size: int = 16, max_tokens: int = 256, field: str = "text",
                   compute_dtype: torch.dtype | None = None, progress: bool = True,
                   distributed: bool | str | None = "auto", strict: bool = True

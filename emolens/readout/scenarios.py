@@ -13,13 +13,16 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from jaxtyping import Float
 
 from emolens.errors import InputError
+
+if TYPE_CHECKING:
+    from emolens.compat import Model
 
 __all__ = ["ScenarioMatrix", "diagonal_accuracy", "scenario_matrix"]
 
@@ -112,7 +115,7 @@ def _aggregate(per: torch.Tensor, emos: list[str], columns: list[str], layer: in
                           single / len(emos))
 
 
-def scenario_matrix(model: Any, registry: Any, scenarios: Sequence[Any], *,
+def scenario_matrix(model: Model, registry: Any, scenarios: Sequence[Any], *,
                     layer: int | None = None, batch_size: int = 16) -> ScenarioMatrix:
     """Read ``scenarios`` (corpus records with ``.emotion`` and ``.messages``, or
     ``(emotion, messages)`` pairs) at the reply-opening token and score the diagonal.

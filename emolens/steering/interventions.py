@@ -35,7 +35,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from numbers import Real
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float
@@ -49,6 +49,9 @@ from emolens.steering.positions import (
     parse_rows,
     row_index,
 )
+
+if TYPE_CHECKING:
+    from emolens.compat import Model
 
 OPS = ("add", "ablate", "clamp", "ablate_add")
 ABSURD_STRENGTH = 100.0  # |strength| above this many mean residual norms warns
@@ -306,7 +309,7 @@ class Steering:
         return replace(self, rows=rows)
 
     # -- resolution against a model
-    def _layer_list(self, model: Any) -> list[Any]:
+    def _layer_list(self, model: Model) -> list[Any]:
         reg = _is_registry(self.source)
         if self.layers is None:
             if self.layer is not None:
@@ -327,7 +330,7 @@ class Steering:
             return items
         raise SteeringError(f"layers={self.layers!r} is not a list of layers or 'all'")
 
-    def site_edits(self, model: Any) -> list[SiteEdit]:
+    def site_edits(self, model: Model) -> list[SiteEdit]:
         """Resolve sites, directions and units for ``model`` (validating against it)."""
         d_model = int(model.cfg.d_model)
         edits: list[SiteEdit] = []
@@ -389,7 +392,7 @@ class Steering:
                                   dirs=dirs, targets=targets))
         return edits
 
-    def apply(self, model: Any) -> SteeringHandle:
+    def apply(self, model: Model) -> SteeringHandle:
         """Install the hooks on ``model``; returns a handle (``.remove()``, or use it in ``with``)."""
         edits = self.site_edits(model)
         handle = SteeringHandle(model, [self])
@@ -425,7 +428,7 @@ class SteeringHandle:
     """Installed steering hooks. ``remove()`` (idempotent) takes them off; ``reset()`` forgets
     the sequence being tracked (call it between unrelated calls when steering by position)."""
 
-    def __init__(self, model: Any, steerings: list[Steering]):
+    def __init__(self, model: Model, steerings: list[Steering]):
         self.model = model
         self.steerings = list(steerings)
         self.tracker = PositionTracker(model)
@@ -523,7 +526,7 @@ class SteeringHandle:
         return f"SteeringHandle({state}, {len(self.steerings)} steering(s) at {sites})"
 
 
-def apply_steering(model: Any, steerings: Steering | Sequence[Steering]) -> SteeringHandle:
+def apply_steering(model: Model, steerings: Steering | Sequence[Steering]) -> SteeringHandle:
     """Install one or several ``Steering``s together; returns one handle for all of them."""
     items = [steerings] if isinstance(steerings, Steering) else list(steerings)
     for s in items:
@@ -536,7 +539,7 @@ def apply_steering(model: Any, steerings: Steering | Sequence[Steering]) -> Stee
 
 
 @contextmanager
-def steer(model: Any, registry_or_vector: Any, spec: Any = None, *, layer: int | str | None = None,
+def steer(model: Model, registry_or_vector: Any, spec: Any = None, *, layer: int | str | None = None,
           layers: Any = None, positions: Any = "all", op: str = "add",
           scale: float | int | None = None, direction_layer: int | None = None,
           strict: bool = True, rows: Any = None) -> Iterator[SteeringHandle]:
@@ -567,7 +570,7 @@ def steer(model: Any, registry_or_vector: Any, spec: Any = None, *, layer: int |
 
 
 # ---------------------------------------------------------------------------- helpers
-def measure_mean_norm(model: Any, texts: Any, layers: Sequence[int] | None = None, *,
+def measure_mean_norm(model: Model, texts: Any, layers: Sequence[int] | None = None, *,
                       batch_size: int = 8) -> dict[int, float]:
     """Mean residual-stream norm at ``blocks.{l}.hook_resid_post`` over content tokens (real
     tokens other than the first, attention-sink token) of ``texts``: the steering unit."""

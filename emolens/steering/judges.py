@@ -28,13 +28,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from emolens.errors import InputError, SteeringError, unknown_name_message
 from emolens.runtime import model_device, progress_bar
 from emolens.scoring import score
+
+if TYPE_CHECKING:
+    from emolens.compat import Model
 
 NARRATOR_QUESTION = "\nHow does the narrator feel? They feel"
 CHAT_QUESTION = "In one word, how does the narrator of your last reply feel?"
@@ -51,7 +54,7 @@ class JudgeInput:
     ``words``: candidate emotion words.
     """
 
-    model: Any
+    model: Model
     prompts: list[Any]
     replies: list[str]
     tokens: torch.Tensor
@@ -65,7 +68,7 @@ Judge = Callable[[JudgeInput], dict[str, list[float]]]
 
 
 # ---------------------------------------------------------------------------- word probabilities
-def question_context(model: Any, prompt: Any, reply: str = "") -> tuple[str, bool]:
+def question_context(model: Model, prompt: Any, reply: str = "") -> tuple[str, bool]:
     """The text after which the emotion word is scored, and whether it is chat-rendered.
 
     Plain prompts: ``prompt + reply + NARRATOR_QUESTION``. Conversations: the conversation,
@@ -87,12 +90,12 @@ def question_context(model: Any, prompt: Any, reply: str = "") -> tuple[str, boo
     return prompt + reply + NARRATOR_QUESTION, False
 
 
-def _ids(model: Any, text: str, *, bos: bool) -> list[int]:
+def _ids(model: Model, text: str, *, bos: bool) -> list[int]:
     return [int(t) for t in model.to_tokens(text, prepend_bos=bos, truncate=False,
                                             move_to_device=False)[0].tolist()]
 
 
-def word_token_ids(model: Any, word: str) -> list[int]:
+def word_token_ids(model: Model, word: str) -> list[int]:
     """Token ids of ``" " + word`` (the word as it follows ``"They feel"``)."""
     ids = _ids(model, " " + word, bos=False)
     if not ids:
@@ -100,7 +103,7 @@ def word_token_ids(model: Any, word: str) -> list[int]:
     return ids
 
 
-def word_logprobs(model: Any, contexts: Sequence[tuple[str, bool]], words: Sequence[str], *,
+def word_logprobs(model: Model, contexts: Sequence[tuple[str, bool]], words: Sequence[str], *,
                   batch_size: int = 16, steerings: Sequence[Any] | None = None,
                   progress: bool = False) -> torch.Tensor:
     """``[n_contexts, n_words]`` log P(" word" | context): all the word's tokens, summed.
@@ -167,7 +170,7 @@ def word_logprobs(model: Any, contexts: Sequence[tuple[str, bool]], words: Seque
 
 
 @contextmanager
-def _rows_steered(model: Any, steerings: Sequence[Any] | None, row_ctx: list[int]
+def _rows_steered(model: Model, steerings: Sequence[Any] | None, row_ctx: list[int]
                   ) -> Iterator[None]:
     """Apply each context's steering to the rows of this forward batch holding that context."""
     if steerings is None:
@@ -305,7 +308,7 @@ def load_judge_model(name: str = LLM_JUDGE_MODEL) -> Any:
     return emolens.load_model(entry.name)
 
 
-def answer_token_ids(model: Any, answers: Sequence[str] = LLM_JUDGE_ANSWERS) -> list[int]:
+def answer_token_ids(model: Model, answers: Sequence[str] = LLM_JUDGE_ANSWERS) -> list[int]:
     """The first token of each answer as the judge model would write it after the reply
     opening; ``SteeringError`` when two answers share it (the rating could not be read)."""
     ids = [_ids(model, a, bos=False) for a in answers]
@@ -332,7 +335,7 @@ class LLMJudge:
     judge never sees the steered model or its direction.
     """
 
-    def __init__(self, model: Any = LLM_JUDGE_MODEL, *, name: str = "llm_concept",
+    def __init__(self, model: Model | str = LLM_JUDGE_MODEL, *, name: str = "llm_concept",
                  prompt: str = LLM_JUDGE_PROMPT, answers: Sequence[str] = LLM_JUDGE_ANSWERS,
                  batch_size: int = 8):
         if "{text}" not in prompt or "{emotion}" not in prompt:

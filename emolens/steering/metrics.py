@@ -43,7 +43,7 @@ import html
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -57,6 +57,8 @@ from emolens.steering.judges import (
     emotion_word_logprobs,
 )
 
+if TYPE_CHECKING:
+    from emolens.compat import Model
 
 # ---------------------------------------------------------------------------- ROC-AUC
 def _avg_rank(x: torch.Tensor) -> torch.Tensor:
@@ -176,7 +178,7 @@ class DetectionResult:
                 f"emotions at layer {self.layer}; random {self.mean_placebo_auc:.3f})")
 
 
-def detection_auc(model: Any, registry: Any, texts: Any = None, labels: Sequence[str] | None = None,
+def detection_auc(model: Model, registry: Any, texts: Any = None, labels: Sequence[str] | None = None,
                   *, emotions: Sequence[str] | None = None, layer: int | None = None,
                   placebo_seed: int = 0, n_resamples: int = 1000, seed: int = 0,
                   batch_size: int = 16) -> DetectionResult:
@@ -249,7 +251,7 @@ def _reply_parts(inp: JudgeInput) -> tuple[list[list[int]], list[list[int]]]:
     return p, r
 
 
-def continuation_logprob(model: Any, prefixes: Sequence[Sequence[int]],
+def continuation_logprob(model: Model, prefixes: Sequence[Sequence[int]],
                          continuations: Sequence[Sequence[int]], *, batch_size: int = 16
                          ) -> list[float]:
     """Per pair, the mean ``log P(continuation_t | prefix, continuation_<t)`` (nats per token)
@@ -557,7 +559,7 @@ def _placebo_registry(registry: Any, emotion: str, layer: int, seed: int) -> Any
                            name="random-placebo")
 
 
-def steering_score(model: Any, registry: Any, emotion: str,
+def steering_score(model: Model, registry: Any, emotion: str,
                    strengths: Sequence[float] = (0.0, 0.05, 0.1, 0.2, 0.4), prompts: Any = None,
                    *, layer: int | None = None, max_new_tokens: int = 32,
                    words: Sequence[str] | None = None, placebo: bool = True,

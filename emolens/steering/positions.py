@@ -32,13 +32,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Bool
 
 from emolens.errors import SteeringError
 from emolens.positions import GENERATION_NAMES, NAMES
+
+if TYPE_CHECKING:
+    from emolens.compat import Model
 
 POSITION_NAMES = tuple(GENERATION_NAMES)
 
@@ -319,7 +322,7 @@ class PositionTracker:
     sequence (``emolens.generate`` calls it before every generation).
     """
 
-    def __init__(self, model: Any):
+    def __init__(self, model: Model):
         self.model = model
         self.current: ForwardInfo | None = None
         self._prompt_len: int | None = None
@@ -329,7 +332,7 @@ class PositionTracker:
         self.module = self._watch_module(model)
 
     @staticmethod
-    def _watch_module(model: Any) -> torch.nn.Module | None:
+    def _watch_module(model: Model) -> torch.nn.Module | None:
         inner = getattr(model, "original_model", None)
         if isinstance(inner, torch.nn.Module):
             return inner

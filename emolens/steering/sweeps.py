@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -40,8 +40,11 @@ from emolens.steering.judges import (
 )
 from emolens.tokens import TokenizedBatch
 
+if TYPE_CHECKING:
+    from emolens.compat import Model
 
-def _prompt_label(model: Any, prompt: Any) -> str:
+
+def _prompt_label(model: Model, prompt: Any) -> str:
     if isinstance(prompt, str):
         return prompt
     users = [m["content"] for m in prompt if m.get("role") == "user"]
@@ -72,7 +75,7 @@ def _prompts_list(prompts: Any) -> list[Any]:
     return items
 
 
-def sequence_perplexity(model: Any, tokens: torch.Tensor, attention_mask: torch.Tensor,
+def sequence_perplexity(model: Model, tokens: torch.Tensor, attention_mask: torch.Tensor,
                         prompt_len: int) -> list[float]:
     """Per row, ``exp`` of the mean negative log-likelihood of the generated tokens (columns
     ``prompt_len..``, real tokens only) under whatever hooks are active (none: unsteered)."""
@@ -93,7 +96,7 @@ def sequence_perplexity(model: Any, tokens: torch.Tensor, attention_mask: torch.
     return out
 
 
-def sweep(model: Any, registry: Any, emotion: str, strengths: Sequence[float | int], prompts: Any, *,
+def sweep(model: Model, registry: Any, emotion: str, strengths: Sequence[float | int], prompts: Any, *,
           judges: Sequence[Any] = ("emotion_words", "lexicon"), max_new_tokens: int = 40,
           layer: int | None = None, seed: int = 0, progress: bool = True,
           positions: Any = "all", do_sample: bool = False, words: Sequence[str] | None = None,
@@ -166,7 +169,7 @@ def _check_batch_size(batch_size: Any) -> None:
                          "or generate call)")
 
 
-def _padding_token(model: Any) -> int:
+def _padding_token(model: Model) -> int:
     """The id ``model.generate(stop_at_eos=True)`` writes into rows that have finished."""
     tok = getattr(model, "tokenizer", None)
     tok_eos = getattr(tok, "eos_token_id", None) if tok is not None else None
@@ -180,7 +183,7 @@ def _padding_token(model: Any) -> int:
     return 0
 
 
-def sweep_generations(model: Any, registry: Any, emotion: str, strengths: Sequence[float | int],
+def sweep_generations(model: Model, registry: Any, emotion: str, strengths: Sequence[float | int],
                       prompts: Any, *, layer: int | None = None, positions: Any = "all",
                       max_new_tokens: int = 40, do_sample: bool = False, seed: int | None = 0,
                       use_past_kv_cache: bool = True, batch_size: int = 32,
@@ -356,7 +359,7 @@ class EmotionWordTest:
                 f"strength {self.strength} at layer {self.layer}, {self.n_prompts} prompts)")
 
 
-def emotion_word_test(model: Any, registry: Any, emotions: Sequence[str] | None = None, *,
+def emotion_word_test(model: Model, registry: Any, emotions: Sequence[str] | None = None, *,
                       strength: float | int, prompts: Any, layer: int | None = None,
                       control_seed: int = 0, positions: Any = "all",
                       progress: bool = False, batch_size: int = 16) -> EmotionWordTest:
@@ -424,7 +427,7 @@ def _neutral_texts(texts: Any, n: int = 16) -> Any:
     return [r.messages for r in recs]
 
 
-def _token_batches(model: Any, texts: Any, batch_size: int) -> Any:
+def _token_batches(model: Model, texts: Any, batch_size: int) -> Any:
     from emolens.tokens import to_inputs
 
     items = _prompts_list(texts)
@@ -432,7 +435,7 @@ def _token_batches(model: Any, texts: Any, batch_size: int) -> Any:
         yield to_inputs(model, items[sl]).to(model_device(model))
 
 
-def _logprobs(model: Any, batch: Any, steering: list[Steering]) -> torch.Tensor:
+def _logprobs(model: Model, batch: Any, steering: list[Steering]) -> torch.Tensor:
     """``[b, pos-1, vocab]`` next-token log-probabilities with ``steering`` active."""
     handle = apply_steering(model, steering) if steering else None
     try:
@@ -444,7 +447,7 @@ def _logprobs(model: Any, batch: Any, steering: list[Steering]) -> torch.Tensor:
     return logits[:, :-1].float().log_softmax(-1)
 
 
-def neutral_loss(model: Any, steering: Any = None, texts: Any = None, *,
+def neutral_loss(model: Model, steering: Any = None, texts: Any = None, *,
                  batch_size: int = 8) -> float:
     """Mean next-token cross-entropy (nats per token) on neutral reference text while
     ``steering`` (a ``Steering`` or list; None: unsteered) is active.
@@ -466,7 +469,7 @@ def neutral_loss(model: Any, steering: Any = None, texts: Any = None, *,
     return total / max(count, 1)
 
 
-def neutral_kl(model: Any, steering: Any, texts: Any = None, *, batch_size: int = 8) -> float:
+def neutral_kl(model: Model, steering: Any, texts: Any = None, *, batch_size: int = 8) -> float:
     """Mean KL(unsteered || steered) of the next-token distribution over content tokens of
     neutral text (nats per token); Arditi et al. keep it below 0.1 when choosing an ablation
     layer."""

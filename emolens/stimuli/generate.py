@@ -20,7 +20,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -32,6 +32,9 @@ from emolens.stimuli.text import (
     NearDuplicateIndex,
     word_count,
 )
+
+if TYPE_CHECKING:
+    from emolens.compat import Model
 
 STORY_PROMPT = (
     "Write a short story, one paragraph of about 80 words, on the topic \"{topic}\". "
@@ -136,7 +139,7 @@ def clean_story(text: str, *, finished: bool = True) -> str:
     return out
 
 
-def _model_name(model: Any) -> str:
+def _model_name(model: Model) -> str:
     try:
         from emolens.models.provenance import model_provenance
 
@@ -145,7 +148,7 @@ def _model_name(model: Any) -> str:
         return str(getattr(model.cfg, "model_name", "unknown"))
 
 
-def _stop_ids(model: Any) -> set[int]:
+def _stop_ids(model: Model) -> set[int]:
     ids: set[int] = set()
     eos = getattr(model.cfg, "eos_token_id", None)
     if isinstance(eos, int):
@@ -237,7 +240,7 @@ class _Slot:
         return f"gen-{slug(self.emotion)}-{slug(self.topic)}-{self.index + 1:04d}"
 
 
-def generate_stories(model: Any, emotions: Sequence[str], topics: Sequence[str],
+def generate_stories(model: Model, emotions: Sequence[str], topics: Sequence[str],
                      n_per_topic: int, *, out_path: str | os.PathLike[str],
                      max_new_tokens: int = 200, temperature: float = 0.9, seed: int = 0,
                      forbidden: Mapping[str, Sequence[str]] | None = None,
