@@ -13,7 +13,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Bool, Float
@@ -27,6 +27,9 @@ from emolens.runtime import model_device, progress_bar, sorted_batches
 from emolens.scoring import CLASSIFY_RULE, score
 from emolens.sites import Site, require_block_sites, resolve_sites
 from emolens.tokens import TextInput, TokenizedBatch, to_inputs
+
+if TYPE_CHECKING:
+    from emolens.compat import Model
 
 
 @dataclass
@@ -46,7 +49,7 @@ def _batches(items: LabelledTexts, batch_size: int
                torch.tensor(idx))
 
 
-def stream_sites(model: Any, texts: Sequence[TextInput], sites: Sequence[Site],
+def stream_sites(model: Model, texts: Sequence[TextInput], sites: Sequence[Site],
                  on_batch: Callable[[int, Float[torch.Tensor, "batch pos d_model"], TokenizedBatch], None],
                  *, padding_side: str = "right", compute_dtype: torch.dtype | None = None) -> None:
     """Run ``texts`` (one batch) with hooks at ``sites`` only, stopping after the deepest.
@@ -129,7 +132,7 @@ def _from_corpus(corpus: Any, emotions: Sequence[str] | None, max_train: int | N
     return names, train, val, test, neutral, info
 
 
-def extract_emotions(model: Any, corpus: Any = None, *, layers: Any = None,
+def extract_emotions(model: Model, corpus: Any = None, *, layers: Any = None,
                      method: str | ExtractionMethod = "mean_diff", positions: str = "content",
                      batch_size: int = 16, emotions: Sequence[str] | None = None,
                      neutral: Sequence[TextInput] | None = None, validate: bool = True,
@@ -342,7 +345,7 @@ def extract_emotions(model: Any, corpus: Any = None, *, layers: Any = None,
     return reg
 
 
-def _pass1(model: Any, train: LabelledTexts, train_ids: torch.Tensor,
+def _pass1(model: Model, train: LabelledTexts, train_ids: torch.Tensor,
            neutral_texts: Sequence[TextInput], sites: list[Site], acc: ClassMeanAccumulator,
            control_accs: list[ClassMeanAccumulator], shuffled_labels: list[torch.Tensor],
            moments: MomentAccumulator | None, policy: str, batch_size: int, padding_side: str,
@@ -420,7 +423,7 @@ def _fit(algo: ExtractionMethod, method: Any, method_params: dict[str, Any], sit
     return unit, center, controls, data
 
 
-def _finish(model: Any, t0: float, unit: torch.Tensor, center: torch.Tensor,
+def _finish(model: Model, t0: float, unit: torch.Tensor, center: torch.Tensor,
             acc: ClassMeanAccumulator, sites: list[Site], names: list[str],
             validation: dict[str, Any], default_layer: int | None, algo: ExtractionMethod,
             policy: str, corpus_info: dict[str, Any], neutral_texts: Sequence[TextInput],
@@ -463,7 +466,7 @@ def _finish(model: Any, t0: float, unit: torch.Tensor, center: torch.Tensor,
                            name=name or f"{family}s-{algo.name}", center=center)
 
 
-def _validate(model: Any, unit: torch.Tensor, center: torch.Tensor, sites: list[Site],
+def _validate(model: Model, unit: torch.Tensor, center: torch.Tensor, sites: list[Site],
               names: list[str], val: LabelledTexts, policy: str, batch_size: int,
               progress: bool, padding_side: str,
               controls: Sequence[tuple[torch.Tensor, torch.Tensor]] = (),
@@ -484,7 +487,7 @@ def _validate(model: Any, unit: torch.Tensor, center: torch.Tensor, sites: list[
     return _validation_figures(sites, n_cls, confusion, control_correct, controls)
 
 
-def _validation_pass(model: Any, unit: torch.Tensor, center: torch.Tensor, sites: list[Site],
+def _validation_pass(model: Model, unit: torch.Tensor, center: torch.Tensor, sites: list[Site],
                      val: LabelledTexts, policy: str, batch_size: int, padding_side: str,
                      controls: Sequence[tuple[torch.Tensor, torch.Tensor]],
                      compute_dtype: torch.dtype | None, confusion: torch.Tensor,
@@ -548,7 +551,7 @@ class TextMeans:
     n_tokens: Float[torch.Tensor, " text"] | None = None
 
 
-def stream_text_means(model: Any, texts: Sequence[TextInput], sites: Sequence[Site], *,
+def stream_text_means(model: Model, texts: Sequence[TextInput], sites: Sequence[Site], *,
                       policy: str = "content", batch_size: int = 16,
                       padding_side: str = "right", compute_dtype: torch.dtype | None = None,
                       norms: bool = False, bar: Any = None) -> TextMeans:

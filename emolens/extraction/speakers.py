@@ -42,7 +42,7 @@ import html
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -50,6 +50,9 @@ import torch
 from emolens.errors import InputError, check_positive_int, unknown_name_message
 from emolens.registry import EmotionRegistry
 from emolens.stimuli.speakers import Dialogue, DialogueSet, load_dialogues
+
+if TYPE_CHECKING:
+    from emolens.compat import Model
 
 WHICH = ("present", "other")
 FAMILIES = {"present": "present_speaker", "other": "other_speaker"}
@@ -91,7 +94,7 @@ def _reading_points(n: int, k: int) -> list[int]:
     return sorted({int(round(x)) for x in np.linspace(0, n - 1, k)})
 
 
-def turn_readings(model: Any, dialogue: Dialogue, which: str, positions_per_turn: int = 8
+def turn_readings(model: Model, dialogue: Dialogue, which: str, positions_per_turn: int = 8
                   ) -> tuple[list[str], int]:
     """The cut texts whose last token is a reading point of ``dialogue`` for ``which``, and
     the number of points skipped because their cut did not tokenise to the dialogue's ids.
@@ -136,7 +139,7 @@ def turn_readings(model: Any, dialogue: Dialogue, which: str, positions_per_turn
     return texts, skipped
 
 
-def speaker_texts(model: Any, dialogues: Sequence[Dialogue], which: str,
+def speaker_texts(model: Model, dialogues: Sequence[Dialogue], which: str,
                   positions_per_turn: int = 8) -> tuple[dict[str, list[str]], dict[str, Any]]:
     """Emotion -> cut texts (``turn_readings``) over ``dialogues``, and counts."""
     out: dict[str, list[str]] = {}
@@ -154,7 +157,7 @@ def speaker_texts(model: Any, dialogues: Sequence[Dialogue], which: str,
     return out, info
 
 
-def extract_speaker_emotions(model: Any, which: str = "present",
+def extract_speaker_emotions(model: Model, which: str = "present",
                              dialogues: DialogueSet | None = None, *, layers: Any = None,
                              emotions: Sequence[str] | None = None,
                              default_layer: int | None = None, positions_per_turn: int = 8,
@@ -544,7 +547,7 @@ def _unit(m: np.ndarray) -> np.ndarray:
     return m / np.linalg.norm(m, axis=-1, keepdims=True)
 
 
-def speaker_experiment(model: Any, story: EmotionRegistry, *,
+def speaker_experiment(model: Model, story: EmotionRegistry, *,
                        which: Sequence[str] = WHICH, emotions: Sequence[str] | None = None,
                        dialogues: DialogueSet | None = None, layer: int | None = None,
                        max_dialogues_per_emotion: int | None = None,
