@@ -539,21 +539,27 @@ STUDY_SIZES: dict[str, dict[str, Any]] = {
               "score_tokens": 12, "ablation_emotion": "happy", "ablation_words": "core",
               "ablation_layers": 2, "ablation_neutral": 2, "reply_prompts": 8,
               "reply_tokens": 8, "reply_layers": 2, "syc_items": 2, "syc_random": 1,
-              "syc_positive": ("happy",), "syc_negative": ("desperate",)},
+              "syc_positive": ("happy",), "syc_negative": ("desperate",),
+              "speaker_emotions": "core", "speaker_dialogues": 2, "speaker_positions": 4,
+              "speaker_neutral": 16, "speaker_shuffled": 5, "speaker_heldout": False},
     "run": {"detection_emotions": "core", "detection_resamples": 1000,
             "score_emotion": "happy", "score_strengths": (0.0, 0.1, 0.2, 0.4),
             "score_prompts": 8, "score_tokens": 16, "ablation_emotion": "happy",
             "ablation_words": "core", "ablation_layers": 3, "ablation_neutral": 4,
             "reply_prompts": 24, "reply_tokens": 24, "reply_layers": 5, "syc_items": 8,
             "syc_random": 2, "syc_positive": ("happy", "calm"),
-            "syc_negative": ("desperate", "angry")},
+            "syc_negative": ("desperate", "angry"), "speaker_emotions": "core",
+            "speaker_dialogues": 4, "speaker_positions": 4, "speaker_neutral": 32,
+            "speaker_shuffled": 5, "speaker_heldout": False},
     "full": {"detection_emotions": None, "detection_resamples": 2000,
              "score_emotion": "happy", "score_strengths": (0.0, 0.05, 0.1, 0.2, 0.4),
              "score_prompts": 32, "score_tokens": 32, "ablation_emotion": "happy",
              "ablation_words": None, "ablation_layers": None, "ablation_neutral": 8,
              "reply_prompts": None, "reply_tokens": 40, "reply_layers": None, "syc_items": None,
              "syc_random": 3, "syc_positive": ("happy", "loving", "calm"),
-             "syc_negative": ("desperate", "angry", "afraid")},
+             "syc_negative": ("desperate", "angry", "afraid"), "speaker_emotions": None,
+             "speaker_dialogues": None, "speaker_positions": 8, "speaker_neutral": None,
+             "speaker_shuffled": 10, "speaker_heldout": True},
 }
 
 
@@ -718,6 +724,49 @@ def _section_sycophancy(ctx: RunContext) -> None:
                           "(95% paired bootstrap), random directions of equal norm as placebo")
 
 
+def _section_speakers(ctx: RunContext) -> None:
+    from emolens.extraction.speakers import select_dialogues, speaker_experiment
+    from emolens.stimuli import load_corpus
+    from emolens.stimuli.speakers import load_dialogues
+
+    reg, sz = ctx.registry, study_sizes(ctx.config)
+    ds = load_dialogues()
+    pool = CORE_EMOTIONS if sz["speaker_emotions"] == "core" else \
+        (sz["speaker_emotions"] or reg.emotions)
+    emos = [e for e in pool if e in reg.emotions and e in ds.emotions]
+    if len(emos) < 3:
+        ctx.results["speakers"] = {"skipped": f"fewer than 3 of the dialogues' emotions "
+                                              f"{ds.emotions} in the registry"}
+        return
+    corpus = ctx.corpus if ctx.corpus is not None else load_corpus()
+    neutral = [r.messages for r in corpus.neutral][: sz["speaker_neutral"]]
+    n_dlg = sz["speaker_dialogues"]
+    res = speaker_experiment(ctx.model, reg, emotions=emos, max_dialogues_per_emotion=n_dlg,
+                             positions_per_turn=sz["speaker_positions"],
+                             n_shuffled=sz["speaker_shuffled"], validate=sz["speaker_heldout"],
+                             neutral=neutral, seed=ctx.config.seed,
+                             batch_size=ctx.config.batch_size,
+                             compute_dtype=ctx.config.compute_dtype,
+                             progress=ctx.config.progress)
+    n_train = len(select_dialogues(ds, emos, "train", n_dlg))
+    ctx.results["speakers"] = {**res.to_dict(), "n_train_dialogues": n_train,
+                               "n_neutral": len(neutral), "sizes": _sizes_record(sz)}
+    ctx.report.add_section(
+        "speakers", "Speaker families: present-speaker and other-speaker directions vs the "
+        "story directions",
+        f"{res.statement} (`emolens.speaker_experiment(model, registry, emotions="
+        f"{len(emos)} emotions, max_dialogues_per_emotion={n_dlg}, positions_per_turn="
+        f"{sz['speaker_positions']}, n_shuffled={sz['speaker_shuffled']})`.)",
+        limits=f"{n_train} training dialogues of the bundled speaker set ("
+               f"{'all' if n_dlg is None else f'at most {n_dlg}'} per emotion), "
+               f"{sz['speaker_positions']} reading points per turn, {len(neutral)} neutral "
+               "dialogues for the denoising; the shuffled-label control permutes the labels "
+               "of single readings, not of whole dialogues.")
+    ctx.report.add_figure(res.figure(), "Matching-emotion cosine of each speaker family with "
+                          "the story direction, per emotion; random directions (dotted) and "
+                          "shuffled labels (dashed) as controls")
+
+
 def _machine() -> dict[str, Any]:
     """The CPU (model and bf16 flags) and thread count every timing in results.json ran on."""
     import torch
@@ -743,14 +792,16 @@ SECTIONS: dict[str, Callable[[RunContext], None]] = {
     "ablation": _section_ablation,
     "reply_prediction": _section_reply_prediction,
     "sycophancy": _section_sycophancy,
+    "speakers": _section_speakers,
 }
 REQUIRED = ("model", "corpus", "registry")
 #: the study's round-2 experiments (issue 15), sized by ``STUDY_SIZES``
-STUDY_SECTIONS = ("detection", "steering_score", "ablation", "reply_prediction", "sycophancy")
+STUDY_SECTIONS = ("detection", "steering_score", "ablation", "reply_prediction", "sycophancy",
+                  "speakers")
 #: sections that run only with ``--study-round2`` / ``--full`` or when named in ``--sections``:
 #: at the default sizes each would add 1.5-4 minutes to the run on 2 CPU cores, the default
 #: ones (detection, ablation) about 45 s together (docs/study_round2.md, "In the main job")
-OPT_IN: tuple[str, ...] = ("steering_score", "reply_prediction", "sycophancy")
+OPT_IN: tuple[str, ...] = ("steering_score", "reply_prediction", "sycophancy", "speakers")
 
 
 def selected_sections(config: RunConfig) -> list[str]:

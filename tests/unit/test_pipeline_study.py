@@ -22,7 +22,8 @@ R = importlib.import_module("emolens.pipeline.run")  # the package's `run` is th
 TINY_SIZES = {"detection_resamples": 200, "score_strengths": (0.0, 0.4), "score_prompts": 2,
               "score_tokens": 4, "ablation_layers": 2, "ablation_neutral": 2,
               "reply_prompts": 6, "reply_tokens": 4, "reply_layers": 2, "syc_items": 2,
-              "syc_random": 1}
+              "syc_random": 1, "speaker_dialogues": 2, "speaker_positions": 2,
+              "speaker_neutral": 2, "speaker_shuffled": 3}
 
 
 def _registry(model, emotions):
@@ -100,6 +101,23 @@ def test_study_sections_have_sane_values(study_ctx):
     assert sy["positive"] == ["happy"] and sy["negative"] == ["desperate"]
     conds = {e["condition"] for e in sy["effects"]}
     assert {"+happy", "-happy", "+desperate", "random"} <= conds
+
+
+def test_speaker_section_reports_real_placebo_and_shuffled_controls(study_ctx):
+    sp = study_ctx.results["speakers"]
+    assert sp["emotions"] == list(CORE_EMOTIONS) and sp["layer"] == 2  # registry default
+    assert sp["n_train_dialogues"] <= 2 * len(CORE_EMOTIONS) and sp["n_neutral"] == 2
+    for fam in ("present_speaker", "other_speaker"):
+        s = sp["summary"][fam]
+        assert s["n_shuffled"] == 3 and len(s["shuffled_by_seed"]) == 3
+        assert s["shuffled_range"][0] <= s["shuffled"] <= s["shuffled_range"][1]
+        assert _ci_ok(s["diagonal_ci"][0], s["diagonal"], s["diagonal_ci"][1])
+        assert -1.0 <= s["placebo"] <= 1.0
+        meta = sp["registries"][fam]["speaker"]
+        assert meta["positions_per_turn"] == 2 and meta["max_dialogues_per_emotion"] == 2
+    # random story directions: nothing to match, so the real cosine is as small as the controls
+    assert abs(sp["summary"]["present_speaker"]["diagonal"]) < 0.3
+    assert "permuted emotion labels (3 seeds)" in sp["statement"]
 
 
 def test_study_sizes_presets_and_overrides(tmp_path):
