@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
+from jaxtyping import Float, Int
 
 from emolens.errors import CausalityError, InputError
 from emolens.positions import PositionSpec, position_mask
@@ -40,7 +41,7 @@ def as_batch(model: Model, inputs: Any, *, padding_side: str = "right") -> Token
     return to_inputs(model, inputs, padding_side=padding_side)
 
 
-def slice_batch(batch: TokenizedBatch, idx: slice | torch.Tensor) -> TokenizedBatch:
+def slice_batch(batch: TokenizedBatch, idx: slice | Int[torch.Tensor, " rows"]) -> TokenizedBatch:
     """Rows ``idx`` of a batch (no re-padding)."""
     texts = batch.texts[idx] if isinstance(idx, slice) else [batch.texts[int(i)] for i in idx]
     return TokenizedBatch(batch.tokens[idx], batch.attention_mask[idx], batch.content_mask[idx],
@@ -48,7 +49,8 @@ def slice_batch(batch: TokenizedBatch, idx: slice | torch.Tensor) -> TokenizedBa
 
 
 def paired_positions(source: TokenizedBatch, target: TokenizedBatch, spec: PositionSpec
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                     ) -> tuple[Int[torch.Tensor, " pair"], Int[torch.Tensor, " pair"],
+                                Int[torch.Tensor, " pair"]]:
     """Matched (row, target position, source position) triples for a position spec.
 
     Each row's selected positions are paired in order; both rows must select the same number.
@@ -100,7 +102,7 @@ def token_ids(model: Model, spec: TokenSpec) -> list[int]:
 
 
 def forward(model: Model, batch: TokenizedBatch, fwd_hooks: list[tuple[str, Any]] | None = None
-            ) -> torch.Tensor:
+            ) -> Float[torch.Tensor, "batch pos d_vocab"]:
     """Logits of ``batch`` (on the CPU) with temporary forward hooks, under ``no_grad``."""
     dev = model_device(model)
     kwargs = {k: v.to(dev) for k, v in batch.forward_kwargs().items()}

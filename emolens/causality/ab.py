@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
+from jaxtyping import Bool, Float
 
 from emolens.causality._common import CausalityError, slice_batch, token_ids
 from emolens.io import read_jsonl
@@ -135,14 +136,15 @@ class ABScores:
     probability of any answer letter (how much the model answers with a letter at all);
     ``acts``: captured activations per hook name (rows of the batch)."""
 
-    p_a: torch.Tensor
-    mass: torch.Tensor
-    acts: dict[str, list[torch.Tensor]]
+    p_a: Float[torch.Tensor, " batch"]
+    mass: Float[torch.Tensor, " batch"]
+    acts: dict[str, list[Float[torch.Tensor, "chunk ..."]]]
 
 
 def score_ab(model: Model, batch: TokenizedBatch, letter_ids: list[list[int]], *,
              steer: SteerFactory | None = None, capture: Sequence[str] = (),
-             capture_fn: Callable[[str, torch.Tensor, TokenizedBatch], torch.Tensor] | None = None,
+             capture_fn: Callable[[str, Float[torch.Tensor, "chunk ..."], TokenizedBatch],
+                                  Float[torch.Tensor, "chunk ..."]] | None = None,
              max_tokens: int = 2048, progress: bool = False, desc: str = "A/B") -> ABScores:
     """A/B probabilities at each row's reply-opening token, in chunks, optionally steered.
 
@@ -178,8 +180,9 @@ def score_ab(model: Model, batch: TokenizedBatch, letter_ids: list[list[int]], *
     return ABScores(torch.cat(p_a), torch.cat(mass), acts)
 
 
-def steer_context(model: Model, registry: Any, emotion: str | torch.Tensor, strength: float,
-                  layer: int, mask: torch.Tensor | None = None, strict: bool = False
+def steer_context(model: Model, registry: Any, emotion: str | Float[torch.Tensor, " d_model"],
+                  strength: float, layer: int, mask: Bool[torch.Tensor, "batch pos"] | None = None,
+                  strict: bool = False
                   ) -> AbstractContextManager[Any]:
     """``emolens.steering.steer`` at the registry's site: a named emotion, or a raw unit
     vector scaled by the site's mean norm (the random control)."""
@@ -193,7 +196,7 @@ def steer_context(model: Model, registry: Any, emotion: str | torch.Tensor, stre
                  strict=strict)
 
 
-def logit(p: torch.Tensor) -> torch.Tensor:
+def logit(p: Float[torch.Tensor, "*shape"]) -> Float[torch.Tensor, "*shape"]:
     """``log(p / (1 - p))`` with ``p`` clamped to [1e-6, 1 - 1e-6]."""
     p = p.clamp(1e-6, 1 - 1e-6)
     return (p / (1 - p)).log()

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
+from jaxtyping import Bool, Float
 
 from emolens.causality._common import CausalityError, as_batch
 from emolens.positions import PositionSpec, position_mask
@@ -45,12 +46,12 @@ class DirectionAttribution:
     ``values.sum(2) == total`` up to float error (``max_abs_error``).
     """
 
-    values: torch.Tensor
-    total: torch.Tensor
+    values: Float[torch.Tensor, "batch pos component emotion"]
+    total: Float[torch.Tensor, "batch pos emotion"]
     components: list[str]
     emotions: list[str]
     site: str
-    mask: torch.Tensor
+    mask: Bool[torch.Tensor, "batch pos"]
     tokens: list[list[str]] = field(default_factory=list)
 
     @property
@@ -60,7 +61,7 @@ class DirectionAttribution:
             [self.values[:, :, :idx], self.values[:, :, idx + 1:]], 2)
         return float((vals.sum(2) - self.total).abs().max())
 
-    def pooled(self) -> torch.Tensor:
+    def pooled(self) -> Float[torch.Tensor, "component emotion"]:
         """``[component, emotion]``: mean over the selected positions of every prompt."""
         m = self.mask.float()
         return (self.values * m[..., None, None]).sum((0, 1)) / m.sum().clamp_min(1)
@@ -100,7 +101,7 @@ class DirectionAttribution:
                 (self.total[..., ei] * self.mask).sum() / self.mask.sum().clamp_min(1))
         return out
 
-    def grid(self, emotion: str) -> tuple[torch.Tensor, list[int], list[str]]:
+    def grid(self, emotion: str) -> tuple[Float[torch.Tensor, "layer column"], list[int], list[str]]:
         """``emotion``'s pooled contributions as ``[layer, component]`` (heads ``H0..``, the
         attention output bias ``b_O``, the ``MLP``; NaN where a layer has no such component),
         with the layers and the column names: the input of

@@ -78,7 +78,7 @@ def batched_activation_patch(
     model: Model,
     corrupted_tokens: Int[torch.Tensor, "batch pos"],
     clean_cache: Any,
-    patching_metric: Callable[[torch.Tensor], torch.Tensor],
+    patching_metric: Callable[[Float[torch.Tensor, "batch pos d_vocab"]], Float[torch.Tensor, "*b"]],
     activation_name: str,
     index_axis_names: Sequence[str] = ("layer", "pos"),
     *,
@@ -88,7 +88,7 @@ def batched_activation_patch(
     max_tokens: int = 8192,
     reduce: str = "scalar",
     progress: bool = True,
-) -> torch.Tensor:
+) -> Float[torch.Tensor, "*cells"]:
     """Patch clean activations into the corrupted run, one cell per batch copy.
 
     Args:
@@ -273,7 +273,9 @@ get_act_patch_attn_head_v_by_pos = _sweep("head_v_by_pos", "get_act_patch_attn_h
 
 
 def get_act_patch_block_every(model: Model, corrupted_tokens: Int[torch.Tensor, "batch pos"],
-                              clean_cache: Any, metric: Callable[[torch.Tensor], torch.Tensor],
+                              clean_cache: Any,
+                              metric: Callable[[Float[torch.Tensor, "batch pos d_vocab"]],
+                                               Float[torch.Tensor, "*b"]],
                               **kwargs: Any) -> Float[torch.Tensor, "3 layer pos"]:
     """Batched ``transformer_lens.patching.get_act_patch_block_every``: ``resid_pre``,
     ``attn_out`` and ``mlp_out`` maps stacked, ``[3, n_layers, pos]``; ``kwargs`` as for
@@ -304,7 +306,7 @@ class PatchingMap:
     metric; it does not say what that information is, nor that other prompts use the same place.
     """
 
-    values: torch.Tensor
+    values: Float[torch.Tensor, "*cells"]
     kind: str
     axes: tuple[str, ...]
     layers: list[int]
@@ -313,7 +315,7 @@ class PatchingMap:
     tokens: list[str] = field(default_factory=list)
     metric_name: str = "metric"
 
-    def normalized(self) -> torch.Tensor:
+    def normalized(self) -> Float[torch.Tensor, "*cells"]:
         den = self.clean_value - self.corrupted_value
         if abs(den) < 1e-8:
             raise CausalityError("clean and corrupted metrics are equal; nothing to normalise by")
@@ -356,7 +358,8 @@ class PatchingMap:
 
 
 def patching_map(model: Model, clean: Any, corrupted: Any,
-                 metric: Callable[[torch.Tensor], torch.Tensor], *, kind: str = "resid_pre",
+                 metric: Callable[[Float[torch.Tensor, "batch pos d_vocab"]], Float[torch.Tensor, "*b"]],
+                 *, kind: str = "resid_pre",
                  layers: Sequence[int] | None = None, max_tokens: int = 8192,
                  progress: bool = True) -> PatchingMap:
     """Tokenise a clean/corrupted prompt pair (same token length), cache the clean run and

@@ -43,8 +43,8 @@ class Metric:
         return self.binder(model) if self.binder is not None else self
 
     def __call__(self, logits: Float[torch.Tensor, "batch pos d_vocab"], batch: TokenizedBatch,
-                 acts: Mapping[str, torch.Tensor] | None = None,
-                 rows: torch.Tensor | None = None) -> Float[torch.Tensor, " batch"]:
+                 acts: Mapping[str, Float[torch.Tensor, "batch ..."]] | None = None,
+                 rows: Int[torch.Tensor, " batch"] | None = None) -> Float[torch.Tensor, " batch"]:
         if self.binder is not None:
             raise CausalityError(f"metric {self.name!r} names tokens by string; call "
                                  "metric.bind(model) first (experiment functions do this)")

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from transformer_lens.tools.analysis.interchange import (
     NormMatchedPlacebo,
     SubspaceInterchange,
@@ -117,7 +117,7 @@ class DirectionPatchResult:
     p_value: float
     estimates: dict[str, Estimate]
     per_pair: pd.DataFrame
-    placebo_draws: torch.Tensor
+    placebo_draws: Float[torch.Tensor, "placebo pair"]
     placebo_rank_p: float
     label: str
     sites: list[str]
@@ -201,7 +201,8 @@ class DirectionPatchResult:
                 f"n_pairs={self.n_pairs})")
 
 
-def make_interventions(bases: Sequence[torch.Tensor], *, n_placebo: int, seed: int = 0,
+def make_interventions(bases: Sequence[Float[torch.Tensor, "d_model rank"]], *, n_placebo: int,
+                       seed: int = 0,
                        include_full: bool = True) -> list[tuple[str, list[Any]]]:
     """The conditions of ``patch_direction``, one intervention per site each: ``"effect"``
     (``SubspaceInterchange`` on each basis), ``"placebo{j}"`` (``NormMatchedPlacebo``: a random
@@ -229,8 +230,8 @@ def _capture_hooks(names: Sequence[str], store: dict[str, torch.Tensor]) -> list
 
 
 def run_metric(model: Model, batch: TokenizedBatch, metric: Metric,
-               hooks: Sequence[tuple[str, Any]] = (), rows: torch.Tensor | None = None
-               ) -> torch.Tensor:
+               hooks: Sequence[tuple[str, Any]] = (),
+               rows: Int[torch.Tensor, " batch"] | None = None) -> Float[torch.Tensor, " batch"]:
     """The metric on one forward pass of ``batch`` with extra hooks (captures ``metric.reads``
     after the hooks have run); ``rows``: the batch rows' indices in the whole experiment."""
     dev = model_device(model)

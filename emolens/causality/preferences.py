@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
+from jaxtyping import Bool
 
 from emolens.causality._common import CausalityError, slice_batch
 from emolens.causality.ab import (
@@ -46,7 +47,7 @@ def preference_prompt(a: str, b: str) -> list[dict[str, str]]:
 
 
 def span_masks(model: Model, batch: TokenizedBatch, spans: list[list[tuple[int, int]]]
-                ) -> list[torch.Tensor]:
+                ) -> list[Bool[torch.Tensor, "batch pos"]]:
     """For each character span (per row), a [batch, pos] mask of the tokens overlapping it."""
     tok = model.tokenizer
     n, width = batch.tokens.shape

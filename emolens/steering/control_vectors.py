@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from jaxtyping import Float
 
 from emolens.errors import FormatError, SteeringError
 from emolens.io import atomic_path
@@ -178,7 +179,8 @@ def _reader(path: str | os.PathLike[str]) -> Any:
     return reader
 
 
-def import_control_vector(path: str | os.PathLike[str]) -> dict[int, torch.Tensor]:
+def import_control_vector(path: str | os.PathLike[str]
+                          ) -> dict[int, Float[torch.Tensor, " d_model"]]:
     """Read a llama.cpp control vector: ``{N: float32 [n_embd]}`` where the vector is added at
     ``blocks.N.hook_resid_post`` (the output of block ``N``; see the module docstring)."""
     reader = _reader(path)

@@ -38,7 +38,7 @@ from numbers import Real
 from typing import TYPE_CHECKING, Any
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 
 from emolens.errors import EmolensError, SteeringError, SteeringWarning, unknown_name_message
 from emolens.runtime import model_device
@@ -123,10 +123,10 @@ class SiteEdit:
     hook_name: str
     layer: int
     op: str
-    delta: torch.Tensor | None = None
-    basis: torch.Tensor | None = None
-    dirs: torch.Tensor | None = None
-    targets: torch.Tensor | None = None
+    delta: Float[torch.Tensor, " d_model"] | None = None
+    basis: Float[torch.Tensor, "rank d_model"] | None = None
+    dirs: Float[torch.Tensor, "k d_model"] | None = None
+    targets: Float[torch.Tensor, " k"] | None = None
     _gram_inv: torch.Tensor | None = None
     _on: dict[Any, dict[str, torch.Tensor]] = field(default_factory=dict)
 
@@ -144,7 +144,8 @@ class SiteEdit:
             self._on[key] = got
         return got
 
-    def edit(self, x: torch.Tensor) -> torch.Tensor:
+    def edit(self, x: Float[torch.Tensor, "*batch d_model"]
+             ) -> Float[torch.Tensor, "*batch d_model"]:
         """The edited activation at every position (selection is applied by the caller)."""
         work = x if x.dtype in (torch.float32, torch.float64) else x.float()
         t = self._tensors(work.device, work.dtype)
@@ -300,7 +301,7 @@ class Steering:
         return self._policy
 
     @property
-    def row_selection(self) -> tuple[int, ...] | torch.Tensor | None:
+    def row_selection(self) -> tuple[int, ...] | Bool[torch.Tensor, " batch"] | None:
         """The validated ``rows``: None (every row), sorted unique indices, or a bool mask."""
         return self._rows
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
+from jaxtyping import Float, Int
 
 from emolens.errors import InputError, SteeringError, unknown_name_message
 from emolens.runtime import model_device, progress_bar
@@ -57,8 +58,8 @@ class JudgeInput:
     model: Model
     prompts: list[Any]
     replies: list[str]
-    tokens: torch.Tensor
-    attention_mask: torch.Tensor
+    tokens: Int[torch.Tensor, "batch pos"]
+    attention_mask: Int[torch.Tensor, "batch pos"]
     prompt_len: int
     emotion: str
     words: list[str]
@@ -105,7 +106,7 @@ def word_token_ids(model: Model, word: str) -> list[int]:
 
 def word_logprobs(model: Model, contexts: Sequence[tuple[str, bool]], words: Sequence[str], *,
                   batch_size: int = 16, steerings: Sequence[Any] | None = None,
-                  progress: bool = False) -> torch.Tensor:
+                  progress: bool = False) -> Float[torch.Tensor, "context word"]:
     """``[n_contexts, n_words]`` log P(" word" | context): all the word's tokens, summed.
 
     ``contexts`` are ``(text, chat_rendered)`` pairs (a chat-rendered text brings its own first
@@ -194,7 +195,8 @@ def _rows_steered(model: Model, steerings: Sequence[Any] | None, row_ctx: list[i
 
 
 # ---------------------------------------------------------------------------- judges
-def emotion_word_logprobs(inp: JudgeInput) -> tuple[torch.Tensor, int, torch.Tensor]:
+def emotion_word_logprobs(inp: JudgeInput) -> tuple[Float[torch.Tensor, "generation word"], int,
+                                                   Float[torch.Tensor, " generation"]]:
     """Under the unsteered model, after a "how do they feel" question on each generation:
     ``(lp, t, share)``: ``[generation, word]`` log-probabilities of the candidate words (the
     target emotion appended if missing), the target's column, and its log-probability share."""
@@ -234,7 +236,8 @@ class DirectionJudge:
     """Mean projection of the unsteered residual at ``layer`` on a caller's direction, over the
     generated tokens. Use a direction from a *different* method than the one steered."""
 
-    def __init__(self, vector: torch.Tensor, layer: int, *, name: str = "direction"):
+    def __init__(self, vector: Float[torch.Tensor, " d_model"], layer: int, *,
+                 name: str = "direction"):
         v = torch.as_tensor(vector, dtype=torch.float32).detach().cpu()
         if v.ndim != 1 or float(v.norm()) == 0 or not bool(torch.isfinite(v).all()):
             raise SteeringError(f"DirectionJudge needs a finite non-zero [d_model] vector, got "

@@ -81,7 +81,8 @@ def roc_auc(scores: Float[torch.Tensor, " n"], positive: Bool[torch.Tensor, " n"
     return float((r[pos].sum() - n_p * (n_p - 1) / 2) / (n_p * n_n))
 
 
-def auc_interval(scores: torch.Tensor, positive: torch.Tensor, *, confidence: float = 0.95,
+def auc_interval(scores: Float[torch.Tensor, " n"], positive: Bool[torch.Tensor, " n"], *,
+                 confidence: float = 0.95,
                  n_resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
     """Stratified percentile-bootstrap interval of the ROC-AUC (positives and negatives
     resampled separately), seeded."""

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
-from jaxtyping import Bool
+from jaxtyping import Bool, Int, Shaped
 
 from emolens.errors import SteeringError
 from emolens.positions import GENERATION_NAMES, NAMES
@@ -52,7 +52,7 @@ class PositionPolicy:
 
     kind: str
     indices: tuple[int, ...] = ()
-    mask: torch.Tensor | None = None
+    mask: Bool[torch.Tensor, "*batch pos"] | None = None
 
     def describe(self) -> str | list[int] | dict[str, Any]:
         if self.kind == "indices":
@@ -125,7 +125,7 @@ class ForwardInfo:
     n: int
     offset: int
     prompt_len: int
-    attention_mask: torch.Tensor | None  # [batch, offset + n] over every column so far, or None
+    attention_mask: Shaped[torch.Tensor, "batch cols"] | None  # every column so far, or None
     _cache: dict[Any, Any] = field(default_factory=dict)
 
     def _padded(self) -> bool:
@@ -135,7 +135,7 @@ class ForwardInfo:
             self._cache[key] = am is not None and not bool(am.all())
         return bool(self._cache[key])
 
-    def real(self, device: torch.device) -> torch.Tensor | None:
+    def real(self, device: torch.device) -> Bool[torch.Tensor, "batch n"] | None:
         """``[batch, n]`` True at real tokens, or None when nothing is padding."""
         if not self._padded():
             return None
@@ -145,13 +145,13 @@ class ForwardInfo:
             self._cache[key] = self.attention_mask[:, self.offset:].bool().to(device)
         return self._cache[key]  # type: ignore[no-any-return]
 
-    def columns(self, device: torch.device) -> torch.Tensor:
+    def columns(self, device: torch.device) -> Int[torch.Tensor, " n"]:
         key = ("cols", device)
         if key not in self._cache:
             self._cache[key] = torch.arange(self.offset, self.offset + self.n, device=device)
         return self._cache[key]  # type: ignore[no-any-return]
 
-    def relative(self, device: torch.device) -> torch.Tensor:
+    def relative(self, device: torch.device) -> Int[torch.Tensor, "batch n"]:
         """``[batch, n]`` position of each column counted from the row's first real token."""
         key = ("rel", device)
         if key not in self._cache:
@@ -164,7 +164,7 @@ class ForwardInfo:
             self._cache[key] = rel.to(device)
         return self._cache[key]  # type: ignore[no-any-return]
 
-    def prompt_real(self, device: torch.device) -> torch.Tensor:
+    def prompt_real(self, device: torch.device) -> Int[torch.Tensor, " batch"]:
         """``[batch]`` number of real tokens among the prompt columns of each row."""
         key = ("preal", device)
         if key not in self._cache:
@@ -176,7 +176,8 @@ class ForwardInfo:
             self._cache[key] = val.to(device)
         return self._cache[key]  # type: ignore[no-any-return]
 
-    def select(self, policy: PositionPolicy, device: torch.device) -> torch.Tensor | bool | None:
+    def select(self, policy: PositionPolicy, device: torch.device
+               ) -> Bool[torch.Tensor, "batch n"] | bool | None:
         """Selection for ``policy``: None = every position, False = none, else Bool [batch, n]."""
         key = ("sel", id(policy), device)
         if key in self._cache:
@@ -237,7 +238,7 @@ class ForwardInfo:
 
 
 # ---------------------------------------------------------------------------- batch rows
-def parse_rows(rows: Any) -> tuple[int, ...] | torch.Tensor | None:
+def parse_rows(rows: Any) -> tuple[int, ...] | Bool[torch.Tensor, " batch"] | None:
     """Validate a ``rows`` argument: None (every row), batch-row indices (an int, a sequence of
     ints >= 0, a 1-D int tensor) or a boolean ``[batch]`` mask. Whether the indices fit the batch
     is checked when the model runs (``row_index``)."""
@@ -275,8 +276,8 @@ def parse_rows(rows: Any) -> tuple[int, ...] | torch.Tensor | None:
     return tuple(sorted({int(v) for v in values}))
 
 
-def row_index(rows: tuple[int, ...] | torch.Tensor, batch: int, device: torch.device
-              ) -> torch.Tensor:
+def row_index(rows: tuple[int, ...] | Bool[torch.Tensor, " mask"], batch: int,
+              device: torch.device) -> Int[torch.Tensor, " rows"]:
     """``rows`` as a sorted ``LongTensor`` of batch-row indices for a batch of ``batch`` rows;
     ``SteeringError`` when an index is out of range or a mask has another length."""
     if isinstance(rows, torch.Tensor):
@@ -358,7 +359,7 @@ class PositionTracker:
         self._last_ids = None
         self._fallback.clear()
 
-    def continue_from(self, tokens: torch.Tensor, prompt_len: int) -> None:
+    def continue_from(self, tokens: Int[torch.Tensor, "batch pos"], prompt_len: int) -> None:
         """Make the next full forward over ``tokens`` count as the next decode step of a
         sequence whose prompt has ``prompt_len`` columns (used to re-run a finished generation
         under the same position rules)."""
@@ -428,7 +429,8 @@ class PositionTracker:
         return info
 
 
-def selection_for_tokens(policy: PositionPolicy, attention_mask: torch.Tensor, prompt_len: int
+def selection_for_tokens(policy: PositionPolicy, attention_mask: Int[torch.Tensor, "batch pos"],
+                         prompt_len: int
                          ) -> Bool[torch.Tensor, "batch pos"]:
     """Which columns of a finished ``[batch, pos]`` sequence ``policy`` selects (for records)."""
     info = ForwardInfo(int(attention_mask.shape[0]), int(attention_mask.shape[1]), 0, prompt_len,

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
+from jaxtyping import Int
 
 from emolens.errors import InputError, SteeringError
 from emolens.runtime import batches, model_device, progress_bar
@@ -75,7 +76,8 @@ def _prompts_list(prompts: Any) -> list[Any]:
     return items
 
 
-def sequence_perplexity(model: Model, tokens: torch.Tensor, attention_mask: torch.Tensor,
+def sequence_perplexity(model: Model, tokens: Int[torch.Tensor, "batch pos"],
+                        attention_mask: Int[torch.Tensor, "batch pos"],
                         prompt_len: int) -> list[float]:
     """Per row, ``exp`` of the mean negative log-likelihood of the generated tokens (columns
     ``prompt_len..``, real tokens only) under whatever hooks are active (none: unsteered)."""
