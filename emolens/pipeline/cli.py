@@ -17,7 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(hours on 2 CPU cores; for a GPU); runs the opt-in sections too")
     p.add_argument("--study-round2", dest="study_round2", action="store_true",
                    help="also run the opt-in round-2 study sections (steering_score, "
-                        "reply_prediction, sycophancy: several minutes more on 2 CPU cores) at "
+                        "reply_prediction, sycophancy, speakers: several minutes more on 2 CPU "
+                        "cores) at "
                         "this run's sizes")
     p.add_argument("--method", default="mean_diff", help="extraction method")
     p.add_argument("--sections", nargs="+", default=None, help="only these report sections")
