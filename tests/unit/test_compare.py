@@ -244,6 +244,17 @@ def test_compare_end_to_end_on_two_tiny_models(tmp_path):
     html = (tmp_path / "report.html").read_text()
     assert "test split" in html and "RSA" in html and "<img" in html
     assert "Emotion-word steering test" in html and "Implicit-scenario diagonal" in html
+    # every figure of the report is one public call of emolens.views.compare, in this order
+    import re
+
+    from emolens.views import compare as vc
+    from emolens.views.figures import figure_to_data_uri
+
+    calls = [vc.plot_ladder_accuracy(res.models), vc.plot_depth_accuracy(res.models),
+             vc.plot_ladder_geometry(res.models), vc.plot_depth_valence(res.models),
+             vc.plot_ladder_word_test(res.models), vc.plot_ladder_scenarios(res.models),
+             vc.plot_rsa_matrix(*res.rsa_matrix())]
+    assert re.findall(r'<img src="([^"]+)"', html) == [figure_to_data_uri(f) for f in calls]
     assert (tmp_path / "registries").is_dir()
     # the word test and the scenario diagonal: the library calls on the same registry give the
     # same numbers (so a wrong layer, prompt set, strength or emotion list would show)
@@ -283,3 +294,33 @@ def test_compare_is_public_and_callable():
         emolens.compare([])
     with pytest.raises(InputError, match="unknown compare preset 'cpuu'"):
         emolens.compare(["x"], preset="cpuu")
+
+
+def test_compare_views_draw_the_numbers_they_are_given():
+    from emolens.views.compare import plot_depth_valence, plot_ladder_accuracy, plot_rsa_matrix
+
+    test = {"at_default_layer": {"accuracy": 0.5, "ci": [0.25, 0.75], "shuffled": 0.2},
+            "chance": 0.25}
+    models = [{"name": "a", "n_params": 10, "test": test},
+              {"name": "b", "n_params": 1000,
+               "test": {**test, "at_default_layer": {"accuracy": 0.875, "ci": [0.8, 0.9],
+                                                     "shuffled": None}}},
+              {"name": "c", "n_params": 100}]  # no test split: left out
+    ax = plot_ladder_accuracy(models).axes[0]
+    by = {line.get_label(): line for line in ax.lines}
+    acc = ax.containers[0].lines[0]  # the errorbar's data line
+    shuffled, chance = by["shuffled-label control (test)"], by["chance"]
+    assert list(acc.get_xdata()) == [10.0, 1000.0] and list(acc.get_ydata()) == [0.5, 0.875]
+    caps = sorted(float(y) for c in ax.containers[0].lines[1] for y in c.get_ydata())
+    assert caps == pytest.approx([0.25, 0.75, 0.8, 0.9])
+    assert shuffled.get_ydata()[0] == 0.2 and shuffled.get_ydata()[1] != shuffled.get_ydata()[1]
+    assert list(chance.get_ydata()) == [0.25, 0.25] and ax.get_xscale() == "log"
+    assert [t.get_text() for t in ax.texts] == ["a", "b"]
+    # no model with rated emotions: the panel says so instead of drawing an empty legend
+    empty = plot_depth_valence([{"name": "a", "geometry": {}}]).axes[0]
+    assert [t.get_text() for t in empty.texts] == ["fewer than 5 rated emotions: no correlation"]
+    mat = torch.tensor([[1.0, 0.3], [0.3, 1.0]], dtype=torch.float64)
+    rsa_ax = plot_rsa_matrix(["a", "b"], mat).axes[0]
+    assert [t.get_text() for t in rsa_ax.texts] == ["1.00", "0.30", "0.30", "1.00"]
+    with pytest.raises(InputError, match=r"matrix has shape \(2, 2\) but there are 3 names"):
+        plot_rsa_matrix(["a", "b", "c"], mat)
