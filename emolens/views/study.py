@@ -139,9 +139,11 @@ def plot_speaker_cosines(emotions: Sequence[str], matching: Mapping[str, ArrayLi
     x = np.arange(len(names), dtype=np.float64)
     fig, ax = _new_axes(ax, (max(5.8, 0.55 * len(names) + 2.5), 3.8))
     width = 0.8 / len(matching)
+    top = 0.1
     for j, (fam, vals) in enumerate(matching.items()):
         v = _arr(vals, f"matching[{fam!r}]", 1)
         _same_len(v, len(names), f"matching[{fam!r}]", "emotions")
+        top = max(top, float(np.nanmax(v)) if len(v) else top)
         bars = ax.bar(x - 0.4 + width * (j + 0.5), v, width, label=str(fam))
         color = bars.patches[0].get_facecolor() if bars.patches else None
         if placebo is not None and fam in placebo:
@@ -156,7 +158,8 @@ def plot_speaker_cosines(emotions: Sequence[str], matching: Mapping[str, ArrayLi
     ax.set_title(title or "Speaker directions vs story directions (matching emotion)",
                  fontsize=9)
     ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=7)
+    ax.set_ylim(top=1.45 * top)  # room for the legend above the bars
+    ax.legend(fontsize=7, ncol=3, loc="upper left")
     return fig
 
 
