@@ -416,19 +416,10 @@ def _stream_stories(model: Model, texts: list[str], sites: list[Site], batch_siz
 
 def _stream_neutral(model: Model, neutral: list[Any], sites: list[Site], batch_size: int,
                     compute_dtype: torch.dtype | None, bar: Any) -> dict[str, torch.Tensor]:
-    from emolens.extraction import stream_sites
-    from emolens.extraction.accumulator import MomentAccumulator
-    from emolens.positions import position_mask
+    from emolens.extraction import stream_neutral_moments
 
-    acc = MomentAccumulator(len(sites), int(model.cfg.d_model))
-    for start in range(0, len(neutral), batch_size):
-        chunk = neutral[start:start + batch_size]
-
-        def on_batch(i: int, act: torch.Tensor, batch: Any) -> None:
-            acc.add(i, act, position_mask(batch, "content"))
-
-        stream_sites(model, chunk, sites, on_batch, compute_dtype=compute_dtype)
-        bar.update(len(chunk))
+    acc = stream_neutral_moments(model, neutral, sites, batch_size=batch_size,
+                                 compute_dtype=compute_dtype, bar=bar)
     return {"total": acc.total, "outer": acc.outer, "count": acc.count}
 
 

@@ -11,6 +11,7 @@ _NAMES = {
     "extract_emotions": "emolens.extraction.extract",
     "fit_directions": "emolens.extraction.extract",
     "stream_sites": "emolens.extraction.extract",
+    "stream_neutral_moments": "emolens.extraction.extract",
     "stream_text_means": "emolens.extraction.extract",
     "TextMeans": "emolens.extraction.extract",
     "SpeakerCosines": "emolens.extraction.speakers",
@@ -34,6 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover
         TextMeans,
         extract_emotions,
         fit_directions,
+        stream_neutral_moments,
         stream_sites,
         stream_text_means,
     )

@@ -375,15 +375,8 @@ def _pass1(model: Model, train: LabelledTexts, train_ids: torch.Tensor,
             feat_index += idx.tolist()
         bar.update(len(texts))
     if neutral_texts and moments is not None:
-        for start in range(0, len(neutral_texts), batch_size):
-            chunk = neutral_texts[start:start + batch_size]
-
-            def on_neutral(i: int, act: torch.Tensor, batch: TokenizedBatch) -> None:
-                moments.add(i, act, position_mask(batch, "content"))
-
-            stream_sites(model, chunk, sites, on_neutral, padding_side=padding_side,
-                         compute_dtype=compute_dtype)
-            bar.update(len(chunk))
+        stream_neutral_moments(model, neutral_texts, sites, moments, batch_size=batch_size,
+                               padding_side=padding_side, compute_dtype=compute_dtype, bar=bar)
 
 
 def fit_directions(algo: ExtractionMethod, data: ExtractionData
@@ -583,6 +576,30 @@ def stream_text_means(model: Model, texts: Sequence[TextInput], sites: Sequence[
         if bar is not None:
             bar.update(len(idx))
     return out
+
+
+def stream_neutral_moments(model: Model, texts: Sequence[TextInput], sites: Sequence[Site],
+                           moments: MomentAccumulator | None = None, *, batch_size: int = 16,
+                           padding_side: str = "right", compute_dtype: torch.dtype | None = None,
+                           bar: Any = None) -> MomentAccumulator:
+    """Add the token activations of ``texts`` (neutral dialogues) at every content position to
+    ``moments`` (a new ``MomentAccumulator`` when None) in batches of ``batch_size`` in the
+    given order, and return it: the neutral moments behind the ``neutral_pca`` directions and
+    the neutral centre, summed by ``extract_emotions`` and by ``emolens.compare.StoryBank``.
+    ``bar`` (a progress bar, optional) advances by each batch's size."""
+    texts = list(texts)
+    acc = moments if moments is not None else MomentAccumulator(len(sites), int(model.cfg.d_model))
+    for start in range(0, len(texts), batch_size):
+        chunk = texts[start:start + batch_size]
+
+        def on_batch(i: int, act: torch.Tensor, batch: TokenizedBatch) -> None:
+            acc.add(i, act, position_mask(batch, "content"))
+
+        stream_sites(model, chunk, sites, on_batch, padding_side=padding_side,
+                     compute_dtype=compute_dtype)
+        if bar is not None:
+            bar.update(len(chunk))
+    return acc
 
 
 def _validation_figures(sites: list[Site], n_cls: int, confusion: torch.Tensor,

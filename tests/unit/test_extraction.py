@@ -357,3 +357,36 @@ def test_heldout_scored_from_pass_one_equals_a_second_pass(tiny, monkeypatch):
         assert kept.validation[key] == streamed.validation[key], key
         assert kept.validation["test"][key] == streamed.validation["test"][key], key
     assert kept.validation["split"] == "dev" and kept.validation["test"]["split"] == "test"
+
+
+def test_neutral_moments_equal_a_direct_sum_in_any_batching(tiny):
+    """stream_neutral_moments (behind extract_emotions' and the story bank's neutral moments):
+    sum, outer product and count over content tokens equal run_with_cache one text at a time."""
+    from emolens.extraction import stream_neutral_moments
+
+    texts = [[{"role": "user", "content": "what time is it"},
+              {"role": "assistant", "content": "it is noon"}],
+             "the bus leaves at nine", "a table, two chairs and a lamp"]
+    sites = [Site(0, "blocks.0.hook_resid_post"), Site(1, "blocks.1.hook_resid_post")]
+    ticks = []
+
+    class Bar:
+        def update(self, n):
+            ticks.append(n)
+
+    acc = stream_neutral_moments(tiny, texts, sites, batch_size=2, bar=Bar())
+    assert ticks == [2, 1]
+    one = stream_neutral_moments(tiny, texts, sites, batch_size=1)
+    for k, site in enumerate(sites):
+        rows = []
+        for t in texts:
+            b = to_inputs(tiny, [t])
+            _, cache = tiny.run_with_cache(b.tokens, names_filter=site.name)
+            rows.append(cache[site.name][0][position_mask(b, "content")[0]].double())
+        x = torch.cat(rows)
+        for got in (acc, one):
+            assert got.count[k] == x.shape[0]
+            torch.testing.assert_close(got.total[k], x.sum(0), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(got.outer[k], x.T @ x, rtol=1e-5, atol=1e-4)
+    more = stream_neutral_moments(tiny, texts[:1], sites, acc)  # adds into the given one
+    assert more is acc and acc.count[0] == one.count[0] + rows[0].shape[0]
