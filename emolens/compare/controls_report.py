@@ -1,17 +1,14 @@
 """The geometry-controls report (``emolens controls --out DIR``): tables and figures of a
-``GeometryControls`` (figures from ``emolens.views.controls``)."""
+``GeometryControls``, in order; the figures are ``emolens.views.controls``'
+``similarity_ceiling_figures`` and ``learning_curve_figures`` (it draws nothing itself)."""
 from __future__ import annotations
 
 from typing import Any
 
 
-def _nan(x: Any) -> float:
-    return float("nan") if x is None else float(x)
-
-
 def controls_report(result: Any) -> Any:
     """A ``emolens.views.Report`` of a ``GeometryControls``."""
-    from emolens.views.controls import plot_learning_curves, plot_similarity_ceiling
+    from emolens.views.controls import learning_curve_figures, similarity_ceiling_figures
     from emolens.views.report import Report
 
     norms = result.norms
@@ -56,14 +53,8 @@ def controls_report(result: Any) -> Any:
                     "Same stories: both fitted on the same half; disjoint: each on the other "
                     "half. The noise ceiling is the geometric mean of the two split-half "
                     "reliabilities at that size. Partial RSA removes what TF-IDF explains.")
-    for c in result.cross:
-        if c["kind"] == "model-model":
-            bd = c["by_depth"]
-            rep.add_figure(plot_similarity_ceiling(
-                [_nan(d["depth"]) for d in bd], [_nan(d["same_stories"]["mean"]) for d in bd],
-                [_nan(d["disjoint_stories"]["mean"]) for d in bd],
-                [_nan(d["noise_ceiling"]) for d in bd], title=f"{c['a']} vs {c['b']}"),
-                f"{c['a']} vs {c['b']}")
+    for caption, fig in similarity_ceiling_figures(result.cross).items():
+        rep.add_figure(fig, caption)
     rep.add_table([{"a": c["a"], "b": c["b"], "depth": d["depth"],
                     "same": d["same_stories"]["mean"], "disjoint": d["disjoint_stories"]["mean"],
                     "ceiling": d["noise_ceiling"], "all shared": d["all_shared"],
@@ -72,33 +63,8 @@ def controls_report(result: Any) -> Any:
     rep.add_section("curves", "Learning curves",
                     "Random draws of the training stories per emotion (an emotion with fewer "
                     "keeps all it has); the site chosen on dev in each draw.")
-    singles = [c for c in result.curves if "pair" not in c]
-    if singles:
-        sizes = [_size(p, result) for p in singles[0]["points"]]
-        lexical = [c["name"] for c in singles if "(embedding)" in c["name"]
-                   or c["name"] == "TF-IDF"]
-        for key, label in (("test_accuracy", "test accuracy"),
-                           ("PC1_valence_r", "PC1 ~ valence r"),
-                           ("PC2_arousal_r", "PC2 ~ arousal r")):
-            curves = {c["name"]: ([_nan(p[key]["mean"]) for p in c["points"]],
-                                  [_nan(p[key]["range"][0]) for p in c["points"]],
-                                  [_nan(p[key]["range"][1]) for p in c["points"]])
-                      for c in singles}
-            chance = 1.0 / len(result.settings["emotions"]) if key == "test_accuracy" else 0.0
-            rep.add_figure(plot_learning_curves(sizes, curves, dashed=lexical,
-                                                reference=chance, ylabel=label,
-                                                labels=[p["label"] for p in singles[0]["points"]]),
-                           label)
-    pairs = [c for c in result.curves if "pair" in c]
-    if pairs:
-        sizes = [_size(p, result) for p in pairs[0]["points"]]
-        curves = {c["name"]: ([_nan(p["rsa"]["mean"]) for p in c["points"]],
-                              [_nan(p["rsa"]["range"][0]) for p in c["points"]],
-                              [_nan(p["rsa"]["range"][1]) for p in c["points"]])
-                  for c in pairs}
-        rep.add_figure(plot_learning_curves(sizes, curves, ylabel="RSA between models",
-                                            labels=[p["label"] for p in pairs[0]["points"]]),
-                       "cross-model RSA on the same drawn stories")
+    for caption, fig in learning_curve_figures(result.curves, result.settings).items():
+        rep.add_figure(fig, caption)
     rep.add_table([{"representation": c["name"], "stories": p["label"], "draws": p["draws"],
                     **({"test acc": p["test_accuracy"]["mean"],
                         "range": _ci(p["test_accuracy"]["range"]),
@@ -107,17 +73,6 @@ def controls_report(result: Any) -> Any:
                        else {"RSA": p["rsa"]["mean"], "range": _ci(p["rsa"]["range"])})}
                    for c in result.curves for p in c["points"]])
     return rep
-
-
-def _size(point: dict[str, Any], result: Any) -> float:
-    """x position of a curve point: its size; for "all", the most stories any emotion has, or
-    one step (x2) beyond the largest drawn size when that is not larger (the tick says "all")."""
-    if point["stories_per_emotion"] is not None:
-        return float(point["stories_per_emotion"])
-    drawn = [s for s in result.settings["sizes"] if s is not None
-             and s < point.get("most_per_emotion", 0)]
-    most = float(point.get("most_per_emotion") or 0)
-    return most if drawn and most > max(drawn) else float(max(drawn, default=1) * 2)
 
 
 def _ci(pair: Any) -> str:

@@ -5,10 +5,14 @@
   with its 2.5-97.5 % band over random draws; lexical baselines dashed.
 - ``plot_similarity_ceiling``: per depth, RSA between two models on the same stories, on
   disjoint stories, and the noise ceiling from their split-half reliabilities.
+- ``similarity_ceiling_figures(result.cross)`` and ``learning_curve_figures(result.curves,
+  result.settings)``: those two drawn from a ``GeometryControls``' plain dicts, ``{caption:
+  Figure}`` in the order the controls report shows them.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -68,3 +72,71 @@ def plot_similarity_ceiling(depths: ArrayLike, same: ArrayLike, disjoint: ArrayL
     ax.set_title(title or "cross-model similarity", fontsize=9)
     ax.legend(fontsize=7)
     return fig
+
+
+def _nan(x: Any) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def similarity_ceiling_figures(cross: Sequence[Mapping[str, Any]]) -> dict[str, Figure]:
+    """``plot_similarity_ceiling`` of every model-model entry of ``GeometryControls.cross``
+    (``{"a", "b", "kind", "by_depth": [{"depth", "same_stories", "disjoint_stories",
+    "noise_ceiling"}, ...]}``), keyed ``"a vs b"``; missing values are NaN."""
+    out: dict[str, Figure] = {}
+    for c in cross:
+        if c["kind"] != "model-model":
+            continue
+        bd = c["by_depth"]
+        name = f"{c['a']} vs {c['b']}"
+        out[name] = plot_similarity_ceiling(
+            [_nan(d["depth"]) for d in bd], [_nan(d["same_stories"]["mean"]) for d in bd],
+            [_nan(d["disjoint_stories"]["mean"]) for d in bd],
+            [_nan(d["noise_ceiling"]) for d in bd], title=name)
+    return out
+
+
+def _size(point: Mapping[str, Any], sizes: Sequence[int | None]) -> float:
+    """x position of a curve point: its size; for "all", the most stories any emotion has, or
+    one step (x2) beyond the largest drawn size when that is not larger (the tick says "all")."""
+    if point["stories_per_emotion"] is not None:
+        return float(point["stories_per_emotion"])
+    drawn = [s for s in sizes if s is not None and s < point.get("most_per_emotion", 0)]
+    most = float(point.get("most_per_emotion") or 0)
+    return most if drawn and most > max(drawn) else float(max(drawn, default=1) * 2)
+
+
+def learning_curve_figures(curves: Sequence[Mapping[str, Any]],
+                           settings: Mapping[str, Any]) -> dict[str, Figure]:
+    """``plot_learning_curves`` of ``GeometryControls.curves`` (``settings``: its
+    ``settings``, for the emotion count and the drawn sizes): test accuracy (chance dotted),
+    PC1 ~ valence r and PC2 ~ arousal r (0 dotted) of the single representations, embeddings
+    and TF-IDF dashed, then the cross-model RSA of the pairs; keyed by caption, a figure only
+    where there are curves of that kind."""
+    out: dict[str, Figure] = {}
+    singles = [c for c in curves if "pair" not in c]
+    if singles:
+        sizes = [_size(p, settings["sizes"]) for p in singles[0]["points"]]
+        lexical = [c["name"] for c in singles if "(embedding)" in c["name"]
+                   or c["name"] == "TF-IDF"]
+        for key, label in (("test_accuracy", "test accuracy"),
+                           ("PC1_valence_r", "PC1 ~ valence r"),
+                           ("PC2_arousal_r", "PC2 ~ arousal r")):
+            lines = {c["name"]: ([_nan(p[key]["mean"]) for p in c["points"]],
+                                 [_nan(p[key]["range"][0]) for p in c["points"]],
+                                 [_nan(p[key]["range"][1]) for p in c["points"]])
+                     for c in singles}
+            chance = 1.0 / len(settings["emotions"]) if key == "test_accuracy" else 0.0
+            out[label] = plot_learning_curves(sizes, lines, dashed=lexical, reference=chance,
+                                              ylabel=label,
+                                              labels=[p["label"] for p in singles[0]["points"]])
+    pairs = [c for c in curves if "pair" in c]
+    if pairs:
+        sizes = [_size(p, settings["sizes"]) for p in pairs[0]["points"]]
+        lines = {c["name"]: ([_nan(p["rsa"]["mean"]) for p in c["points"]],
+                             [_nan(p["rsa"]["range"][0]) for p in c["points"]],
+                             [_nan(p["rsa"]["range"][1]) for p in c["points"]])
+                 for c in pairs}
+        out["cross-model RSA on the same drawn stories"] = plot_learning_curves(
+            sizes, lines, ylabel="RSA between models",
+            labels=[p["label"] for p in pairs[0]["points"]])
+    return out

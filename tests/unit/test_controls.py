@@ -240,6 +240,24 @@ def test_controls_report_and_cli_arguments():
     html = controls_report(res).to_html()
     assert html.count("<img") >= 4 and "Split-half reliability" in html
     assert "a vs b" in html
+    # the report's figures are exactly the public calls of emolens.views.controls, in order
+    import re
+
+    from emolens.views.controls import learning_curve_figures, similarity_ceiling_figures
+    from emolens.views.figures import figure_to_data_uri
+
+    sim = similarity_ceiling_figures(res.cross)
+    curves = learning_curve_figures(res.curves, res.settings)
+    assert list(sim) == ["a vs b"] and list(curves) == [
+        "test accuracy", "PC1 ~ valence r", "PC2 ~ arousal r",
+        "cross-model RSA on the same drawn stories"]
+    assert re.findall(r'<img src="([^"]+)"', html) == [
+        figure_to_data_uri(f) for f in (*sim.values(), *curves.values())]
+    acc_ax = curves["test accuracy"].axes[0]
+    line_a = next(ln for ln in acc_ax.lines if ln.get_label() == "a")
+    assert list(line_a.get_ydata()) == pytest.approx([p["test_accuracy"]["mean"] for p in pts])
+    assert [t.get_text() for t in acc_ax.get_xticklabels()] == ["4", "all"]
+    assert any(list(ln.get_ydata()) == [1 / N_EMO] * 2 for ln in acc_ax.lines)  # chance
     assert _model_spec("qwen2.5-coder-1.5b:12") == ("qwen2.5-coder-1.5b", 12)
     assert _model_spec("smollm2-135m") == ("smollm2-135m", None)
     with pytest.raises(InputError, match="whole number"):
