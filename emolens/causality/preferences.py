@@ -70,6 +70,17 @@ def span_masks(model: Model, batch: TokenizedBatch, spans: list[list[tuple[int, 
     return out
 
 
+def _readout_elo_correlation(readout: torch.Tensor, elo: torch.Tensor, seed: int) -> Estimate:
+    """Pearson r of one emotion's readout with Elo over the activities shown; undefined (NaN,
+    with the reason as its null) for fewer than 3 of them."""
+    if readout.numel() < 3:
+        nan = float("nan")
+        return Estimate(nan, nan, nan, None, int(readout.numel()), 0.95,
+                        f"Pearson r undefined: {readout.numel()} activities shown, fewer than 3")
+    return pearson(readout.numpy(), elo.numpy(), seed=seed, n_resamples=1000,
+                   n_permutations=2000)
+
+
 def preference_experiment(
     model: Model,
     registry: Any,
@@ -161,20 +172,26 @@ def preference_experiment(
     base_seconds = time.perf_counter() - t0
     first = torch.tensor([i for i, _ in ordered])
     second = torch.tensor([j for _, j in ordered])
-    fit = soft_elo(n, first, second, p_a)
-    # readout per activity: mean over its appearances (as A and as B)
-    sums = torch.zeros(n, len(emos))
+    # an activity in no prompt (a random subset of pairs need not cover them all) has neither
+    # an Elo (the fit leaves it at its prior) nor a readout: NaN, left out of the correlations
     counts = torch.zeros(n)
-    sums.index_add_(0, first, ro[:, 0])
-    sums.index_add_(0, second, ro[:, 1])
     counts.index_add_(0, first, torch.ones(len(first)))
     counts.index_add_(0, second, torch.ones(len(second)))
-    act_readout = sums / counts[:, None]
-    corr = {e: pearson(act_readout[:, k].numpy(), fit.elo.numpy(), seed=seed,
-                       n_resamples=1000, n_permutations=2000) for k, e in enumerate(emos)}
+    shown = counts > 0
+    shown_idx = shown.nonzero().flatten().tolist()
+    fit = soft_elo(n, first, second, p_a, anchor=shown_idx)
+    elo = torch.where(shown, fit.elo, torch.full_like(fit.elo, float("nan")))
+    # readout per activity: mean over its appearances (as A and as B)
+    sums = torch.zeros(n, len(emos))
+    sums.index_add_(0, first, ro[:, 0])
+    sums.index_add_(0, second, ro[:, 1])
+    act_readout = torch.full((n, len(emos)), float("nan"))
+    act_readout[shown] = sums[shown] / counts[shown, None]
+    corr = {e: _readout_elo_correlation(act_readout[shown_idx, k], elo[shown_idx], seed)
+            for k, e in enumerate(emos)}
     frame = pd.DataFrame({
         "activity": [a.text for a in acts], "id": [a.id for a in acts],
-        "category": [a.category for a in acts], "elo": fit.elo.numpy(),
+        "category": [a.category for a in acts], "elo": elo.numpy(),
         "steered": [i in steered for i in range(n)],
         **{f"readout_{e}": act_readout[:, k].numpy() for k, e in enumerate(emos)},
     })
@@ -232,10 +249,12 @@ def preference_experiment(
     if len(valid) >= 3:
         across = pearson([emo_corr[k] for k in valid], [emo_effect[k] for k in valid], seed=seed,
                          n_resamples=1000, n_permutations=2000)
-    cat_elo = frame.groupby("category").elo.mean().to_dict()
+    cat_elo = frame[shown.numpy()].groupby("category").elo.mean().to_dict()
     summary: dict[str, Any] = {
         "site": site.name, "layer": site.layer, "n_activities": n,
         "n_prompts": len(ordered), "n_possible_ordered_pairs": n * (n - 1),
+        "n_activities_shown": len(shown_idx),
+        "activities_not_shown": [acts[i].id for i in range(n) if not shown[i]],
         "pairs": "all" if n_pairs is None else f"random subset (seed {seed}) plus steering pairs",
         "position_bias_elo": fit.position_bias, "elo_fit_loss": fit.loss,
         "letter_mass": float(mass.mean()),

@@ -27,6 +27,7 @@ from emolens.causality.metrics import contrast_tokens, logit_diff
 from emolens.causality.patching import DirectionPatchResult, patch_direction
 from emolens.causality.preferences import preference_experiment
 from emolens.causality.shortcut import shortcut_experiment, shortcut_prompt
+from emolens.io import json_safe
 from emolens.positions import reply_or_last
 from emolens.stimuli.emotions import CORE_EMOTIONS
 
@@ -325,7 +326,9 @@ def run_causality(model: Model, registry: Any, *, quick: bool = True, layer: int
             seed=seed, strict=strict, progress=progress)
         figures["behaviour_preferences"] = preferences_figure(res)
         s = res.summary
-        s["activities"] = res.frame[["id", "category", "elo", "steered"]].to_dict("records")
+        # an activity in no prompt has a NaN Elo: None in the JSON
+        s["activities"] = json_safe(
+            res.frame[["id", "category", "elo", "steered"]].to_dict("records"))
         return s
 
     def dose() -> dict[str, Any]:

@@ -474,3 +474,54 @@ def test_run_causality_small(tiny):
     assert "behaviour_shortcut" in figures and "causality_patching_map" in figures
     with pytest.raises(CausalityError, match="unknown sizes"):
         C.run_causality(tiny, reg, sizes={"n_pairs": 3})
+
+
+def test_preferences_with_activities_in_no_prompt(tiny):
+    """A random subset of pairs need not show every activity. Such an activity has no Elo and
+    no readout (NaN, listed in the summary); the readout-Elo correlations are over the
+    activities shown, and the rest of the experiment and its figure are still produced (it
+    used to divide by a zero count and the correlation raised StatsError on the NaN)."""
+    import numpy as np
+
+    from emolens.stats import pearson
+
+    reg = _registry(tiny)
+    acts = C.load_activities()[::4][:8]              # two of each category
+    res = C.preference_experiment(tiny, reg, activities=acts, n_pairs=2, n_opponents=1,
+                                  steer_emotions=["calm"], seed=0, progress=False)
+    s, f = res.summary, res.frame
+    json.dumps(s, allow_nan=False)
+    missing = s["activities_not_shown"]
+    assert missing                                   # this seed leaves some activity out
+    pairs = res.frames["pairs"]
+    shown_ids = set(pairs.a) | set(pairs.b)
+    assert set(missing) == {a.id for a in acts} - shown_ids
+    assert s["n_activities_shown"] == len(shown_ids) == 8 - len(missing)
+    gone = f.id.isin(missing).to_numpy()
+    assert f.elo[gone].isna().all() and f.elo[~gone].notna().all()
+    assert abs(f.elo[~gone].mean()) < 1e-3           # centred over the activities shown
+    for e in reg.emotions:
+        assert f[f"readout_{e}"][gone].isna().all() and f[f"readout_{e}"][~gone].notna().all()
+        want = pearson(f[f"readout_{e}"][~gone].to_numpy(), f.elo[~gone].to_numpy(), seed=0,
+                       n_resamples=1000, n_permutations=2000)
+        got = s["readout_elo_correlation"][e]
+        assert got["n"] == len(shown_ids) and np.isfinite(got["value"])
+        assert got["value"] == pytest.approx(want.value)
+    assert set(s["elo_by_category"]) == set(f.category[~gone])
+    assert isinstance(preferences_figure(res), Figure)
+
+
+def test_run_causality_preferences_with_activities_in_no_prompt(tiny):
+    reg = _registry(tiny, ("calm", "desperate", "happy", "sad"))
+    acts = C.load_activities()[::4][:8]
+    sections, figures = C.run_causality(
+        tiny, reg, behaviours=("preferences",),
+        sizes={"patch_pairs": 2, "n_placebo": 1, "attribution_prompts": 1,
+               "preference_pairs": 2, "preference_opponents": 1,
+               "preference_activities": acts, "preference_emotions": ["calm"]})
+    pref = sections["behaviour"]["preferences"]
+    assert "error" not in pref
+    assert pref["activities_not_shown"]
+    json.dumps(pref, allow_nan=False)                # the NaN Elo of those is None
+    assert sum(a["elo"] is None for a in pref["activities"]) == len(pref["activities_not_shown"])
+    assert "behaviour_preferences" in figures
