@@ -6,6 +6,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
+import zlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -112,7 +117,9 @@ def _bank(features: torch.Tensor, recs: list[dict], n_emo: int, name: str) -> St
     """A bank whose block site holds ``features`` [story, d] (site 0, the 'embedding', holds
     pure noise)."""
     n, d = features.shape
-    g = torch.Generator().manual_seed(hash(name) % 1000)
+    # crc32, not hash(): str hashes change with PYTHONHASHSEED, so the noise (and every table
+    # built on it) would differ from one process to the next
+    g = torch.Generator().manual_seed(zlib.crc32(name.encode()) % 1000)
     means = torch.stack([torch.randn(n, d, generator=g), features], 1).float()
     return StoryBank(model={"model_id": name}, n_layers=2,
                      sites=[Site(0, "blocks.0.hook_resid_pre"), Site(1, "blocks.1.hook_resid_post")],
@@ -262,3 +269,54 @@ def test_controls_report_and_cli_arguments():
     assert _model_spec("smollm2-135m") == ("smollm2-135m", None)
     with pytest.raises(InputError, match="whole number"):
         _model_spec("smollm2-135m:0")
+
+
+def _controls_of_synthetic_banks() -> dict:
+    """``geometry_controls`` with every part on (TF-IDF from a synthetic corpus, the norms,
+    learning curves), small; ``to_dict()`` without ``run`` (its wall-clock seconds)."""
+    from emolens.io import json_safe
+    from emolens.stimuli import Corpus
+
+    n_emo, n_train, n_held = 6, 6, 2
+    g = torch.Generator().manual_seed(0)
+    geometry = torch.randn(n_emo, 8, generator=g) * torch.tensor([6.0, 3.0] + [0.7] * 6)
+    recs = _records(n_emo, n_train, n_held)
+    labels = torch.arange(n_emo).repeat_interleave(n_train + 2 * n_held)
+    vocab = ["sun", "rain", "wind", "river", "stone", "tree", "bird", "cloud"]
+    corpus = Corpus.from_records([
+        {"id": r["id"], "kind": "story", "emotion": r["emotion"],
+         "text": f"the {vocab[int(r['emotion'][1:])]} and the "
+                 f"{vocab[int(r['id'].split('-')[1]) % 8]} came back"} for r in recs],
+        forbidden={})
+    banks = {name: _bank(geometry[labels] @ torch.randn(8, width, generator=g)
+                         + 0.5 * torch.randn(len(recs), width, generator=g), recs, n_emo, name)
+             for name, width in (("a", 16), ("b", 24))}
+    norms = {f"e{i}": (float(geometry[i, 0]), float(geometry[i, 1])) for i in range(n_emo)}
+    res = geometry_controls(banks, corpus, norms, n_splits=2, sizes=(2, None), n_draws=2,
+                            n_boot=20, n_perm=20, seed=3, progress=False)
+    out = json_safe(res.to_dict())
+    out.pop("run")
+    return out
+
+
+def test_controls_are_the_same_in_every_process():
+    """Two interpreters with other str hashes (PYTHONHASHSEED) and other global torch, numpy
+    and random states give the same controls: nothing depends on hash(), set order or an
+    unseeded draw."""
+    here = Path(__file__).parent
+    code = ("import json, random, sys; import numpy, torch; s = int(sys.argv[1]); "
+            "torch.manual_seed(s); numpy.random.seed(s); random.seed(s); "
+            f"sys.path.insert(0, {str(here)!r}); import test_controls as t; "
+            "print(json.dumps(t._controls_of_synthetic_banks(), sort_keys=True))")
+    outs = []
+    for hash_seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        run = subprocess.run([sys.executable, "-c", code, hash_seed], capture_output=True,
+                             text=True, env=env, timeout=300)
+        assert run.returncode == 0, run.stderr[-2000:]
+        outs.append(json.loads(run.stdout))
+    assert outs[0] == outs[1]
+    rep = {r["name"]: r for r in outs[0]["representations"]}
+    assert set(rep) == {"a", "a (embedding)", "b", "b (embedding)", "TF-IDF"}
+    assert "partial_given_tfidf" in outs[0]["cross"][0]["by_depth"][0]
+    assert "affect" in rep["a"]["at_chosen_site"]          # the seeded bootstraps ran
