@@ -23,7 +23,7 @@ from emolens.extraction.accumulator import ClassMeanAccumulator, MomentAccumulat
 from emolens.extraction.methods import ExtractionData, ExtractionMethod, get_method
 from emolens.extraction.positions import position_mask, validate_policy
 from emolens.registry import EmotionRegistry
-from emolens.runtime import model_device, progress_bar, sorted_batches
+from emolens.runtime import model_device, progress_bar, resolve_batch_size, sorted_batches
 from emolens.scoring import CLASSIFY_RULE, score
 from emolens.sites import Site, require_block_sites, resolve_sites
 from emolens.tokens import TextInput, TokenizedBatch, to_inputs
@@ -134,7 +134,7 @@ def _from_corpus(corpus: Any, emotions: Sequence[str] | None, max_train: int | N
 
 def extract_emotions(model: Model, corpus: Any = None, *, layers: Any = None,
                      method: str | ExtractionMethod = "mean_diff", positions: str = "content",
-                     batch_size: int = 16, emotions: Sequence[str] | None = None,
+                     batch_size: int | None = None, emotions: Sequence[str] | None = None,
                      neutral: Sequence[TextInput] | None = None, validate: bool = True,
                      default_layer: int | None = None,
                      label_permutation_seed: int | None = None,
@@ -157,6 +157,9 @@ def extract_emotions(model: Model, corpus: Any = None, *, layers: Any = None,
             registered plug-in name, or an ``ExtractionMethod`` instance.
         positions: position policy (see ``emolens.extraction.positions``); default
             ``"content"``: every real token but the first (attention sink).
+        batch_size: texts per forward pass; ``None`` (default): the batch the model's device
+            runs fastest (``emolens.runtime.resolve_batch_size``: 8 on a CPU, 32 elsewhere).
+            The directions do not depend on it.
         emotions: restrict to these emotions (default: all in the corpus).
         neutral: neutral texts/dialogues for denoising (default: the corpus's neutral dialogues).
         validate: measure held-out accuracy per layer on the corpus's validation split.
@@ -211,7 +214,7 @@ def extract_emotions(model: Model, corpus: Any = None, *, layers: Any = None,
         label_permutation_seed = shuffle_labels
     shuffle_labels = label_permutation_seed  # the name the passes below use
     policy = validate_policy(positions)
-    check_positive_int(batch_size, "batch_size")
+    batch_size = resolve_batch_size(batch_size, model)
     check_positive_int(max_texts_per_emotion, "max_texts_per_emotion", allow_none=True)
     if corpus is None:
         from emolens.stimuli import load_corpus

@@ -23,7 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default="mean_diff", help="extraction method")
     p.add_argument("--sections", nargs="+", default=None, help="only these report sections")
     p.add_argument("--no-reuse", action="store_true", help="extract again even if cached")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="texts per forward (default: 8 on a CPU, 32 on a GPU)")
     p.add_argument("--compute-dtype", "--extraction-dtype", dest="compute_dtype",
                    choices=["auto", "bfloat16", "float32"], default="auto",
                    help="dtype of the extraction's forward passes (default auto: bf16 autocast "

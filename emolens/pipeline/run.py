@@ -48,7 +48,7 @@ class RunConfig:
     quick: bool = False
     method: str = "mean_diff"
     positions: str = "content"
-    batch_size: int = 16
+    batch_size: int | None = None
     compute_dtype: str = "auto"
     progress: bool = True
     reuse_registry: bool = True
@@ -73,6 +73,13 @@ class RunContext:
     def log(self, msg: str) -> None:
         if self.config.progress:
             print(f"[emolens run] {msg}", flush=True)
+
+
+def _batch(ctx: RunContext) -> int:
+    """Texts per forward for this run: ``--batch-size``, else the device's default."""
+    from emolens.runtime import resolve_batch_size
+
+    return resolve_batch_size(ctx.config.batch_size, ctx.model)
 
 
 # ----------------------------------------------------------------------------- sections
@@ -175,7 +182,7 @@ def _section_registry(ctx: RunContext) -> None:
         neutral = [list(r.messages) for r in ctx.corpus.neutral[:QUICK_NEUTRAL]] if quick else None
         reg = emolens.extract_emotions(ctx.model, ctx.corpus, layers=layers,
                                        method=ctx.config.method, positions=ctx.config.positions,
-                                       batch_size=ctx.config.batch_size, neutral=neutral,
+                                       batch_size=_batch(ctx), neutral=neutral,
                                        compute_dtype=ctx.config.compute_dtype,
                                        max_texts_per_emotion=QUICK_STORIES if quick else None,
                                        progress=ctx.config.progress)
@@ -310,7 +317,7 @@ def _section_scenarios(ctx: RunContext) -> None:
     if not scen:
         ctx.results["scenarios"] = {"skipped": "no scenarios for these emotions"}
         return
-    sm = scenario_matrix(ctx.model, reg, scen, batch_size=ctx.config.batch_size)
+    sm = scenario_matrix(ctx.model, reg, scen, batch_size=_batch(ctx))
     # Secondary, added after the first full run showed a few columns (e.g. 'playful') on top of
     # every row: each readout emotion standardised over the scenarios (post hoc).
     zsm = sm.column_standardised()
@@ -605,7 +612,7 @@ def _section_detection(ctx: RunContext) -> None:
     emos = ([e for e in CORE_EMOTIONS if e in reg.emotions] or None) \
         if sz["detection_emotions"] == "core" else sz["detection_emotions"]
     res = detection_auc(ctx.model, reg, emotions=emos, n_resamples=sz["detection_resamples"],
-                        seed=ctx.config.seed, batch_size=ctx.config.batch_size)
+                        seed=ctx.config.seed, batch_size=_batch(ctx))
     ctx.results["detection"] = {**res.to_dict(), "sizes": _sizes_record(sz)}
     ctx.report.add_section(
         "detection", "Concept detection (AxBench): ROC-AUC of each direction, one-vs-rest",
@@ -676,7 +683,7 @@ def _section_reply_prediction(ctx: RunContext) -> None:
     layers = _spread_layers(reg.layers, reg.default_layer, sz["reply_layers"])
     res = reply_emotion_prediction(ctx.model, reg, n_prompts=sz["reply_prompts"], emotions=emos,
                                    layers=layers, max_new_tokens=sz["reply_tokens"],
-                                   batch_size=ctx.config.batch_size, seed=ctx.config.seed,
+                                   batch_size=_batch(ctx), seed=ctx.config.seed,
                                    progress=ctx.config.progress)
     ctx.results["reply_prediction"] = {**res.to_dict(), "sizes": _sizes_record(sz)}
     ctx.report.add_section(
@@ -745,7 +752,7 @@ def _section_speakers(ctx: RunContext) -> None:
                              positions_per_turn=sz["speaker_positions"],
                              n_shuffled=sz["speaker_shuffled"], validate=sz["speaker_heldout"],
                              neutral=neutral, seed=ctx.config.seed,
-                             batch_size=ctx.config.batch_size,
+                             batch_size=_batch(ctx),
                              compute_dtype=ctx.config.compute_dtype,
                              progress=ctx.config.progress)
     n_train = len(select_dialogues(ds, emos, "train", n_dlg))

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from jaxtyping import Bool, Float, Int
 
-from emolens.errors import InputError, check_positive_int
+from emolens.errors import InputError
 from emolens.registry import EmotionRegistry
 from emolens.scoring import check_kind, score
 from emolens.tokens import to_inputs
@@ -130,7 +130,8 @@ class Readout:
 
 def read_emotions(model: Model, registry: EmotionRegistry, texts: Any, *,
                   layer: int | str | None = None,
-                  layers: Sequence[int | str] | str | None = None, batch_size: int = 16,
+                  layers: Sequence[int | str] | str | None = None,
+                  batch_size: int | None = None,
                   padding_side: str = "right", kind: str = "projection", centered: bool = True,
                   strict: bool = True, distributed: bool | str | None = "auto") -> Readout:
     """Read every emotion of ``registry`` on ``texts`` (strings and/or chat conversations).
@@ -143,6 +144,8 @@ def read_emotions(model: Model, registry: EmotionRegistry, texts: Any, *,
     Raises ``InputError`` for an empty list, empty text or text longer than the context, and
     ``ModelMismatchError`` for a registry built on another model (``strict=False`` relaxes the
     id check; shapes must still match).
+    ``batch_size``: rows per forward; ``None``: the device's default
+    (``emolens.runtime.resolve_batch_size``).
     ``distributed`` (``emolens.distributed``): under an initialised process group each rank
     reads a token-balanced share of the rows and every rank returns the whole readout, rows in
     input order (the sum of the ranks' disjoint rows; exact).
@@ -150,7 +153,9 @@ def read_emotions(model: Model, registry: EmotionRegistry, texts: Any, *,
     registry.check_model(model, strict=strict)
     if layers is not None and layer is not None:
         raise InputError("pass either layer= (one) or layers= (several), not both")
-    check_positive_int(batch_size, "batch_size")
+    from emolens.runtime import resolve_batch_size
+
+    batch_size = resolve_batch_size(batch_size, model)  # None: the device's default (8 on CPU)
     single = layers is None
     if layers is None:
         wanted = [layer]  # None: the registry's default layer

@@ -418,7 +418,7 @@ def _check_window(window: Any) -> tuple[int, int]:
 def top_examples(model: Model, registry: EmotionRegistry, texts: Any, *,
                  emotions: Sequence[str] | None = None, k: int = 20, layer: int | None = None,
                  window: int | tuple[int, int] = (12, 4), one_per_text: bool = True,
-                 batch_size: int = 16, max_tokens: int = 256, field: str = "text",
+                 batch_size: int | None = None, max_tokens: int = 256, field: str = "text",
                  compute_dtype: torch.dtype | None = None, progress: bool = True,
                  distributed: bool | str | None = "auto", strict: bool = True) -> TopExamples:
     """The ``k`` highest-scoring tokens of each emotion over a stream of texts.
@@ -443,7 +443,10 @@ def top_examples(model: Model, registry: EmotionRegistry, texts: Any, *,
     registry.check_model(model, strict=strict)
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise InputError(f"k must be an int >= 1, got {k!r}")
-    if batch_size < 1 or max_tokens < 2:
+    from emolens.runtime import resolve_batch_size
+
+    batch_size = resolve_batch_size(batch_size, model)  # None: the device's default
+    if max_tokens < 2:
         raise InputError(f"batch_size must be >= 1 and max_tokens >= 2, got {batch_size!r}, "
                          f"{max_tokens!r}")
     win = _check_window(window)
@@ -481,7 +484,7 @@ def top_examples(model: Model, registry: EmotionRegistry, texts: Any, *,
 
 
 def pooled_scores(model: Model, registry: EmotionRegistry, texts: Any, *, layer: int | None = None,
-                  batch_size: int = 16, max_tokens: int = 256, field: str = "text",
+                  batch_size: int | None = None, max_tokens: int = 256, field: str = "text",
                   compute_dtype: torch.dtype | None = None, progress: bool = True,
                   distributed: bool | str | None = "auto", strict: bool = True
                   ) -> Float[torch.Tensor, "text emotion"]:
@@ -491,7 +494,10 @@ def pooled_scores(model: Model, registry: EmotionRegistry, texts: Any, *, layer:
     does); under ``torch.distributed`` each rank scores its share and every rank returns the
     whole matrix. Memory: one float per text and emotion.
     """
+    from emolens.runtime import resolve_batch_size
+
     registry.check_model(model, strict=strict)
+    batch_size = resolve_batch_size(batch_size, model)
     layer = registry.default_layer if layer is None else int(layer)
     from tqdm.auto import tqdm
 

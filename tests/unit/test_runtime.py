@@ -5,7 +5,19 @@ import types
 
 import torch
 
-from emolens.runtime import batches, model_device, progress_bar, rows_per_chunk, sorted_batches
+import pytest
+
+from emolens.errors import InputError
+from emolens.runtime import (
+    ACCELERATOR_BATCH,
+    CPU_BATCH,
+    batches,
+    model_device,
+    progress_bar,
+    resolve_batch_size,
+    rows_per_chunk,
+    sorted_batches,
+)
 
 
 class _Params:
@@ -57,3 +69,28 @@ def test_rows_per_chunk_and_progress_bar():
     bar.update(4)
     assert bar.n == 4
     bar.close()
+
+
+def test_resolve_batch_size_follows_the_device_and_checks_values(tiny):
+    assert (CPU_BATCH, ACCELERATOR_BATCH) == (8, 32)
+    assert resolve_batch_size(None, tiny) == CPU_BATCH
+    assert resolve_batch_size(None) == CPU_BATCH
+    gpu = _Params("cpu")
+    gpu.cfg = types.SimpleNamespace(device=torch.device("cuda"))
+    assert resolve_batch_size(None, gpu) == ACCELERATOR_BATCH
+    assert resolve_batch_size(3, gpu) == 3  # an explicit size always wins
+    for bad in (0, -1, True):
+        with pytest.raises(InputError, match="batch_size"):
+            resolve_batch_size(bad, tiny)
+
+
+def test_extraction_records_the_resolved_batch_size(tiny):
+    from emolens.extraction import extract_emotions
+
+    texts = {"a": ["one two three four", "five six seven"], "b": ["eight nine ten", "x y z w"]}
+    reg = extract_emotions(tiny, texts, layers=[1], neutral=[], validate=False, progress=False)
+    assert reg.metadata["batch_size"] == CPU_BATCH
+    two = extract_emotions(tiny, texts, layers=[1], neutral=[], validate=False, progress=False,
+                           batch_size=1)
+    assert two.metadata["batch_size"] == 1
+    assert torch.allclose(reg.matrix(1), two.matrix(1), atol=1e-5)
