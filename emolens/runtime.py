@@ -40,11 +40,12 @@ def model_device(model: Model) -> torch.device:
         return torch.device("cpu")
 
 
-#: texts per forward when reading activations on a CPU. Measured (default model, 96 training
-#: stories, float32, 2 cores, AMD EPYC with AVX2 + AVX512-BF16): batch 2 / 4 / 8 / 16 / 32 took
-#: 24.9 / 21.3 / 20.7 / 32.4 / 62.6 s with the process capped to AVX2 and 21.6 / 19.8 (8) /
-#: 23.2 (16) / 29.1 (32) s uncapped; under native bf16 autocast 8 and 16 ran alike (8.6 vs
-#: 8.2-9.8 s). Larger batches lose to the CPU's caches (docs/results.md, "Batch size").
+#: texts per forward when reading activations on a CPU. Measured on the default model (2 cores,
+#: AMD EPYC, float32, the process capped to AVX2): the full main job's extraction (1,794 texts,
+#: 30 layers) took 396 s at batch 8 and 402 s at 16 on a quiet machine, i.e. the same; while
+#: other jobs (nice 19) shared the machine, 96 stories took 20.7 s at 8, 32.4 s at 16 and
+#: 62.6 s at 32. Small batches lose nothing alone and hold up under contention
+#: (docs/results.md, "Batch size").
 CPU_BATCH = 8
 #: texts per forward on a GPU or other accelerator (wide matmuls keep it busy)
 ACCELERATOR_BATCH = 32

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 
 from emolens.causality._common import CausalityError, slice_batch, token_ids
 from emolens.io import read_jsonl
@@ -166,18 +166,42 @@ def score_ab(model: Model, batch: TokenizedBatch, letter_ids: list[list[int]], *
             return hook
         kw = {k: v.to(dev) for k, v in b.forward_kwargs().items()}
         ctx = steer(b, sl) if steer is not None else nullcontext()
+        pos = reply_or_last(b).to(dev)
         with torch.no_grad(), ctx, model.hooks(fwd_hooks=[(n, make(n)) for n in capture]):
-            logits = model(b.tokens.to(dev), **kw)
-        pos = reply_or_last(b).to(logits.device)
-        at = logits[torch.arange(len(b), device=logits.device), pos].float()
+            at = answer_logits(model, b.tokens.to(dev), pos, **kw).float()
         letter = torch.stack([at[:, ids].logsumexp(-1) for ids in letter_ids], -1)
         p_a.append(letter.softmax(-1)[:, 0].cpu())
         mass.append((letter.logsumexp(-1) - at.logsumexp(-1)).exp().cpu())
         for n in capture:
             x = store[n]
             acts[n].append((capture_fn(n, x, b) if capture_fn is not None else x).float().cpu())
-        del logits
+        del at
     return ABScores(torch.cat(p_a), torch.cat(mass), acts)
+
+
+def answer_logits(model: Model, tokens: Int[torch.Tensor, "batch pos"],
+                  pos: Int[torch.Tensor, " batch"], **kwargs: Any
+                  ) -> Float[torch.Tensor, "batch d_vocab"]:
+    """Logits at one position per row: the blocks run on every position, the final norm and
+    the unembedding only at ``pos`` (equal to ``model(tokens)[arange, pos]``, tested; a
+    ``[batch, pos, d_vocab]`` tensor is never built, which on a CPU was most of an A/B
+    forward's cost beside the blocks). Models whose logits pass through more than
+    ``ln_final`` and ``unembed`` (a logit soft cap) take the full forward. Call under
+    ``torch.no_grad()``; hooks and steering contexts already active apply as in a forward."""
+    rows = torch.arange(tokens.shape[0], device=tokens.device)
+    cap = getattr(getattr(model, "cfg", None), "output_logits_soft_cap", -1.0) or -1.0
+    ln_final, unembed = getattr(model, "ln_final", None), getattr(model, "unembed", None)
+    if float(cap) > 0 or ln_final is None or unembed is None:
+        return model(tokens, **kwargs)[rows, pos]
+    n = int(model.cfg.n_layers)
+    store: dict[str, torch.Tensor] = {}
+
+    def keep(act: torch.Tensor, hook: Any) -> None:
+        store["x"] = act[rows, pos]
+
+    model.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{n - 1}.hook_resid_post", keep)],
+                         return_type=None, stop_at_layer=n, **kwargs)
+    return unembed(ln_final(store["x"][:, None, :]))[:, 0]
 
 
 def steer_context(model: Model, registry: Any, emotion: str | Float[torch.Tensor, " d_model"],

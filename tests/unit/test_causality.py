@@ -525,3 +525,39 @@ def test_run_causality_preferences_with_activities_in_no_prompt(tiny):
     json.dumps(pref, allow_nan=False)                # the NaN Elo of those is None
     assert sum(a["elo"] is None for a in pref["activities"]) == len(pref["activities_not_shown"])
     assert "behaviour_preferences" in figures
+
+
+@pytest.mark.parametrize("fixture", ["tiny", "tiny_llama"])
+def test_answer_logits_equal_the_full_forward_with_hooks_and_steering(request, fixture):
+    """Logits at the answer position only (blocks on every position, norm + unembedding at one)
+    equal the full forward's logits there, unsteered and steered, with capture hooks active."""
+    from emolens.causality.ab import ab_token_sets, answer_logits, score_ab, steer_context
+    from emolens.positions import reply_or_last
+    from emolens.tokens import to_inputs
+
+    model = request.getfixturevalue(fixture)
+    reg = _registry(model)
+    convs = [[{"role": "user", "content": f"Choose (A) tea or (B) coffee, case {i}"}]
+             for i in range(5)] + ["plain text without a reply turn"]
+    batch = to_inputs(model, convs)
+    pos = reply_or_last(batch)
+    kw = batch.forward_kwargs()
+    with torch.no_grad():
+        full = model(batch.tokens, **kw)[torch.arange(len(batch)), pos]
+        fast = answer_logits(model, batch.tokens, pos, **kw)
+        assert fast.shape == full.shape
+        assert torch.allclose(fast, full, atol=1e-5, rtol=1e-5)
+        layer = reg.layers[0]
+        with steer_context(model, reg, "calm", 0.5, layer):
+            full_s = model(batch.tokens, **kw)[torch.arange(len(batch)), pos]
+        with steer_context(model, reg, "calm", 0.5, layer):
+            fast_s = answer_logits(model, batch.tokens, pos, **kw)
+    assert not torch.allclose(full_s, full, atol=1e-3)  # the steering moved the logits
+    assert torch.allclose(fast_s, full_s, atol=1e-5, rtol=1e-5)
+    # score_ab (which now calls answer_logits) captures while it scores
+    site = reg.site(layer).name
+    sc = score_ab(model, batch, ab_token_sets(model), capture=[site], max_tokens=64)
+    at = full.float()
+    letter = torch.stack([at[:, ids].logsumexp(-1) for ids in ab_token_sets(model)], -1)
+    assert torch.allclose(sc.p_a, letter.softmax(-1)[:, 0], atol=1e-5)
+    assert sum(a.shape[0] for a in sc.acts[site]) == len(batch)
