@@ -6,6 +6,11 @@
   ``hook_dict``). ``TransformerBridge`` and a ``HookedTransformer`` of older releases have them
   all. emolens modules import it under ``TYPE_CHECKING`` only, so annotating costs no import and
   checks nothing at run time.
+- ``run_to_layer(model, tokens, fwd_hooks, stop_at_layer)``: ``run_with_hooks`` that runs only
+  the first ``stop_at_layer`` blocks. A TransformerBridge (TransformerLens 4.x) stops *before*
+  block ``stop_at_layer``, so ``stop_at_layer = n_layers`` (reading the last block) ran the final
+  norm and the unembedding over every position anyway; here the run stops after the last block's
+  output hook instead, as ``HookedTransformer`` does.
 - ``ensure_kv_cache_compat()``: transformers 5.24 renamed the per-layer cache keyword of its
   attention modules from ``past_key_values`` to ``cache``; TransformerLens 4.0-4.3 attention
   bridges only read the old names, so cached decoding silently attends to one position. The shim
@@ -115,3 +120,37 @@ def hook_names(model: Model) -> list[str]:
     if hd is None:  # pragma: no cover
         return []
     return list(hd.keys())
+
+
+def run_to_layer(model: Any, tokens: Any, fwd_hooks: list[tuple[str, Any]], stop_at_layer: int,
+                 **kwargs: Any) -> None:
+    """``model.run_with_hooks(tokens, fwd_hooks=..., return_type=None, stop_at_layer=...)``
+    that computes nothing after block ``stop_at_layer - 1``, also when that is the last block.
+
+    On a TransformerBridge, ``stop_at_layer`` stops before the block of that index, and no block
+    has index ``n_layers``: the whole model ran, the ``[batch, pos, d_vocab]`` logits included
+    (about a fifth of a forward of the default model). For that case a last hook on
+    ``blocks.{n-1}.hook_resid_post``, added after the caller's, raises the bridge's own
+    ``StopAtLayerException``, which its forward catches (and cleans up after) as for any stop.
+    """
+    n = int(model.cfg.n_layers)
+    hooks = list(fwd_hooks)
+    if int(stop_at_layer) >= n and _is_bridge(model):
+        from transformer_lens.model_bridge.exceptions import StopAtLayerException
+
+        def stop(act: Any, hook: Any) -> None:
+            raise StopAtLayerException(act)
+
+        hooks.append((f"blocks.{n - 1}.hook_resid_post", stop))
+        model.run_with_hooks(tokens, fwd_hooks=hooks, return_type=None, **kwargs)
+        return
+    model.run_with_hooks(tokens, fwd_hooks=hooks, return_type=None,
+                         stop_at_layer=int(stop_at_layer), **kwargs)
+
+
+def _is_bridge(model: Any) -> bool:
+    try:
+        from transformer_lens.model_bridge import TransformerBridge
+    except ImportError:  # pragma: no cover - HookedTransformer-era TransformerLens
+        return False
+    return isinstance(model, TransformerBridge)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from jaxtyping import Int
 
-from emolens.compat import silence_known_warnings
+from emolens.compat import run_to_layer, silence_known_warnings
 from emolens.errors import InputError, SteeringError
 from emolens.runtime import model_device
 
@@ -246,8 +246,8 @@ def _monitor(model: Model, registry: Any, tokens: torch.Tensor, mask: torch.Tens
     if not bool(mask.all()):
         kwargs["attention_mask"] = mask
     with torch.no_grad():
-        model.run_with_hooks(tokens, fwd_hooks=[(n, capture_at(n)) for n in names],
-                             return_type=None, stop_at_layer=max(layers) + 1, **kwargs)
+        run_to_layer(model, tokens, [(n, capture_at(n)) for n in names], max(layers) + 1,
+                     **kwargs)
     from emolens.scoring import project
 
     cols = []

@@ -26,6 +26,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 
 from emolens.causality._common import CausalityError, slice_batch, token_ids
+from emolens.compat import run_to_layer
 from emolens.io import read_jsonl
 from emolens.positions import reply_or_last
 from emolens.runtime import batches, model_device, progress_bar, rows_per_chunk
@@ -199,8 +200,7 @@ def answer_logits(model: Model, tokens: Int[torch.Tensor, "batch pos"],
     def keep(act: torch.Tensor, hook: Any) -> None:
         store["x"] = act[rows, pos]
 
-    model.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{n - 1}.hook_resid_post", keep)],
-                         return_type=None, stop_at_layer=n, **kwargs)
+    run_to_layer(model, tokens, [(f"blocks.{n - 1}.hook_resid_post", keep)], n, **kwargs)
     return unembed(ln_final(store["x"][:, None, :]))[:, 0]
 
 

@@ -15,6 +15,7 @@ import torch
 
 from emolens.causality._common import slice_batch
 from emolens.causality.ab import BehaviourResult, est_dict
+from emolens.compat import run_to_layer
 from emolens.positions import reply_or_last
 from emolens.runtime import batches, model_device, progress_bar, rows_per_chunk
 from emolens.scoring import project
@@ -81,8 +82,7 @@ def dose_response(
             _store["x"] = act.detach()
         kw = {k: v.to(dev) for k, v in b.forward_kwargs().items()}
         with torch.no_grad():
-            model.run_with_hooks(b.tokens.to(dev), fwd_hooks=[(site.name, hook)],
-                                 stop_at_layer=site.layer + 1, **kw)
+            run_to_layer(model, b.tokens.to(dev), [(site.name, hook)], site.layer + 1, **kw)
         x = store["x"]
         pos = reply_or_last(b).to(x.device)
         vals.append(project(x[torch.arange(len(b), device=x.device), pos].float(), registry,

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from jaxtyping import Bool, Float
 
+from emolens.compat import run_to_layer
 from emolens.errors import ExtractionError, InputError, check_positive_int
 from emolens.extraction.accumulator import ClassMeanAccumulator, MomentAccumulator, masked_means
 from emolens.extraction.methods import ExtractionData, ExtractionMethod, get_method
@@ -81,8 +82,7 @@ def stream_sites(model: Model, texts: Sequence[TextInput], sites: Sequence[Site]
     dev_type = device.type
     with torch.inference_mode(), torch.autocast(dev_type, dtype=compute_dtype or torch.float32,
                                                 enabled=compute_dtype is not None):
-        model.run_with_hooks(tokens, fwd_hooks=hooks, return_type=None, stop_at_layer=stop,
-                             **kwargs)
+        run_to_layer(model, tokens, hooks, stop, **kwargs)
 
 
 def _from_corpus(corpus: Any, emotions: Sequence[str] | None, max_train: int | None = None

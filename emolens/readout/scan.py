@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from jaxtyping import Float
 
+from emolens.compat import run_to_layer
 from emolens.errors import InputError, unknown_name_message
 from emolens.registry import EmotionRegistry
 from emolens.scoring import score
@@ -168,8 +169,7 @@ def _score_batch(model: Model, rows: list[list[int]], site: Any, mat: torch.Tens
 
     with torch.inference_mode(), torch.autocast(dev.type, dtype=compute_dtype or torch.float32,
                                                 enabled=compute_dtype is not None):
-        model.run_with_hooks(tokens.to(dev), fwd_hooks=[(site.name, hook)], return_type=None,
-                             stop_at_layer=site.layer + 1, **kwargs)
+        run_to_layer(model, tokens.to(dev), [(site.name, hook)], site.layer + 1, **kwargs)
     return out[0] * mask[..., None]
 
 
