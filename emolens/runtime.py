@@ -7,6 +7,8 @@ batches, and progress bars.
 - ``sorted_batches(texts, size)``: index lists over ``texts``, longest text first (less
   padding per batch when the work is a sum, so order does not matter).
 - ``rows_per_chunk(seq_len, max_tokens)``: rows of ``seq_len`` tokens that fit a token budget.
+- ``logits_at(model, tokens, rows, pos)``: logits at chosen (row, position) pairs only: the
+  blocks on every position, the final norm and the unembedding at those pairs.
 - ``resolve_batch_size(batch_size, model)``: ``None`` -> the batch this kind of device runs
   fastest for reading activations (``CPU_BATCH`` on a CPU, ``ACCELERATOR_BATCH`` elsewhere).
 - ``progress_bar(iterable, total=, desc=, enabled=)``: a tqdm bar, silent when ``enabled`` is
@@ -98,3 +100,29 @@ def progress_bar(iterable: Iterable[Any] | None = None, *, total: int | None = N
 
 
 __all__ = ["batches", "model_device", "progress_bar", "rows_per_chunk", "sorted_batches"]
+
+
+def logits_at(model: Model, tokens: torch.Tensor, rows: torch.Tensor, pos: torch.Tensor,
+              **kwargs: Any) -> torch.Tensor:
+    """``model(tokens, **kwargs)[rows, pos]`` (``[k, d_vocab]``) without the
+    ``[batch, pos, d_vocab]`` logits: the blocks run on every position, ``ln_final`` and
+    ``unembed`` only on the ``k`` residuals asked for (on the default model the full
+    unembedding is a fifth of a forward's FLOPs, and the scored positions are one per row).
+    Models whose logits pass through more than ``ln_final`` and ``unembed`` (a logit soft cap)
+    take the full forward. Hooks and steering contexts already active apply as in a forward;
+    call it under ``torch.no_grad()``. Tested equal to the full forward
+    (tests/unit/test_causality.py)."""
+    from emolens.compat import run_to_layer
+
+    cap = getattr(getattr(model, "cfg", None), "output_logits_soft_cap", -1.0) or -1.0
+    ln_final, unembed = getattr(model, "ln_final", None), getattr(model, "unembed", None)
+    if float(cap) > 0 or ln_final is None or unembed is None:
+        return model(tokens, **kwargs)[rows, pos]
+    n = int(model.cfg.n_layers)
+    store: dict[str, torch.Tensor] = {}
+
+    def keep(act: torch.Tensor, hook: Any) -> None:
+        store["x"] = act[rows, pos]
+
+    run_to_layer(model, tokens, [(f"blocks.{n - 1}.hook_resid_post", keep)], n, **kwargs)
+    return unembed(ln_final(store["x"][:, None, :]))[:, 0]

@@ -26,10 +26,9 @@ import torch
 from jaxtyping import Bool, Float, Int
 
 from emolens.causality._common import CausalityError, slice_batch, token_ids
-from emolens.compat import run_to_layer
 from emolens.io import read_jsonl
 from emolens.positions import reply_or_last
-from emolens.runtime import batches, model_device, progress_bar, rows_per_chunk
+from emolens.runtime import batches, logits_at, model_device, progress_bar, rows_per_chunk
 from emolens.stats import Estimate
 from emolens.tokens import TokenizedBatch
 
@@ -183,25 +182,10 @@ def score_ab(model: Model, batch: TokenizedBatch, letter_ids: list[list[int]], *
 def answer_logits(model: Model, tokens: Int[torch.Tensor, "batch pos"],
                   pos: Int[torch.Tensor, " batch"], **kwargs: Any
                   ) -> Float[torch.Tensor, "batch d_vocab"]:
-    """Logits at one position per row: the blocks run on every position, the final norm and
-    the unembedding only at ``pos`` (equal to ``model(tokens)[arange, pos]``, tested; a
-    ``[batch, pos, d_vocab]`` tensor is never built, which on a CPU was most of an A/B
-    forward's cost beside the blocks). Models whose logits pass through more than
-    ``ln_final`` and ``unembed`` (a logit soft cap) take the full forward. Call under
-    ``torch.no_grad()``; hooks and steering contexts already active apply as in a forward."""
+    """Logits at one position per row (``runtime.logits_at``: no ``[batch, pos, d_vocab]``
+    tensor is built). Call under ``torch.no_grad()``."""
     rows = torch.arange(tokens.shape[0], device=tokens.device)
-    cap = getattr(getattr(model, "cfg", None), "output_logits_soft_cap", -1.0) or -1.0
-    ln_final, unembed = getattr(model, "ln_final", None), getattr(model, "unembed", None)
-    if float(cap) > 0 or ln_final is None or unembed is None:
-        return model(tokens, **kwargs)[rows, pos]
-    n = int(model.cfg.n_layers)
-    store: dict[str, torch.Tensor] = {}
-
-    def keep(act: torch.Tensor, hook: Any) -> None:
-        store["x"] = act[rows, pos]
-
-    run_to_layer(model, tokens, [(f"blocks.{n - 1}.hook_resid_post", keep)], n, **kwargs)
-    return unembed(ln_final(store["x"][:, None, :]))[:, 0]
+    return logits_at(model, tokens, rows, pos, **kwargs)
 
 
 def steer_context(model: Model, registry: Any, emotion: str | Float[torch.Tensor, " d_model"],

@@ -34,7 +34,7 @@ import torch
 from jaxtyping import Float, Int
 
 from emolens.errors import InputError, SteeringError, unknown_name_message
-from emolens.runtime import model_device, progress_bar
+from emolens.runtime import logits_at, model_device, progress_bar
 from emolens.scoring import score
 
 if TYPE_CHECKING:
@@ -159,11 +159,16 @@ def word_logprobs(model: Model, contexts: Sequence[tuple[str, bool]], words: Seq
         toks = torch.full((len(chunk), width), int(pad), dtype=torch.long)
         for i, s in enumerate(chunk):
             toks[i, :len(s)] = torch.tensor(s)
+        need = [(i, r) for i in range(len(chunk)) for r in rows_needed[start + i]]
+        row_t = torch.tensor([i for i, _ in need], device=device)
+        pos_t = torch.tensor([r for _, r in need], device=device)
         with torch.no_grad(), _rows_steered(model, steerings, seq_ctx[start:start + batch_size]):
-            logits = model(toks.to(device), return_type="logits")
+            at = logits_at(model, toks.to(device), row_t, pos_t).float().log_softmax(-1).cpu()
+        k = 0
         for i in range(len(chunk)):
-            idx = torch.tensor(rows_needed[start + i], device=logits.device)
-            picked[start + i] = logits[i, idx].float().log_softmax(-1).cpu()
+            n_rows = len(rows_needed[start + i])
+            picked[start + i] = at[k:k + n_rows]
+            k += n_rows
     out = torch.zeros(len(ctx_ids), len(wids))
     for ci, wi, si, row, tok in plan:
         out[ci, wi] += picked[si][row, tok]
