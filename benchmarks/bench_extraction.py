@@ -93,6 +93,7 @@ def run(ctx) -> dict[str, float]:
     import torch
 
     import emolens
+    from emolens.compat import run_to_layer
     from emolens.sites import resolve_sites
     from emolens.tokens import to_inputs
 
@@ -124,7 +125,7 @@ def run(ctx) -> dict[str, float]:
     def forward() -> None:
         with torch.inference_mode():
             for toks, kw, _ in on_dev:
-                model(toks, return_type=None, stop_at_layer=len(sites), **kw)
+                run_to_layer(model, toks, [], len(sites), **kw)
         _sync(model)
 
     def cache_all() -> None:

@@ -181,6 +181,7 @@ def work_emolens(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     import emolens
+    from emolens.compat import run_to_layer
 
     model = emolens.load_model()
     texts = task_texts(args.emotions, args.per_emotion)
@@ -193,7 +194,7 @@ def work_emolens(args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.perf_counter()
         with torch.inference_mode():
             for b in todo:
-                model(b.tokens, return_type=None, stop_at_layer=n_layers, **b.forward_kwargs())
+                run_to_layer(model, b.tokens, [], n_layers, **b.forward_kwargs())
         return time.perf_counter() - t0
 
     def extract(dtype: str) -> tuple[float, Any, PeakRSS]:
@@ -511,6 +512,7 @@ def work_steer(args: argparse.Namespace) -> dict[str, Any]:
             rates[k].append(r)
             toks_out[k] = out
     res: dict[str, Any] = {k: statistics.median(v) for k, v in rates.items()}
+    res["rates"] = {k: [round(x, 2) for x in v] for k, v in rates.items()}  # every repeat
     res["ratios"] = {
         "emolens": statistics.median(a / b for a, b in zip(rates["emolens"], rates["emolens_plain"])),
         "steering_vectors": statistics.median(

@@ -11,6 +11,7 @@ def run(ctx) -> dict[str, float]:
     import torch
 
     import emolens
+    from emolens.compat import run_to_layer
     from emolens.registry import EmotionRegistry
     from emolens.sites import resolve_sites
     from emolens.tokens import to_inputs
@@ -33,7 +34,7 @@ def run(ctx) -> dict[str, float]:
 
     def forward() -> None:
         with torch.inference_mode():
-            model(toks, return_type=None, stop_at_layer=len(sites), **kw)
+            run_to_layer(model, toks, [], len(sites), **kw)
         if dev.type == "cuda":
             torch.cuda.synchronize()
 

@@ -47,7 +47,7 @@ def model_device(model: Model) -> torch.device:
 #: 30 layers) took 396 s at batch 8 and 402 s at 16 on a quiet machine, i.e. the same; while
 #: other jobs (nice 19) shared the machine, 96 stories took 20.7 s at 8, 32.4 s at 16 and
 #: 62.6 s at 32. Small batches lose nothing alone and hold up under contention
-#: (docs/results.md, "Batch size").
+#: (docs/results.md, "Main job timings, round 3").
 CPU_BATCH = 8
 #: texts per forward on a GPU or other accelerator (wide matmuls keep it busy)
 ACCELERATOR_BATCH = 32
