@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import types
 
-import torch
-
 import pytest
+import torch
 
 from emolens.errors import InputError
 from emolens.runtime import (
