@@ -10,7 +10,10 @@ from emolens.hardware import ENV_VAR, cpu_features, resolve_compute_dtype
 
 @pytest.fixture
 def no_env(monkeypatch):
+    """No machine-wide override and no instruction-set cap: the mocked probes alone decide."""
     monkeypatch.delenv(ENV_VAR, raising=False)
+    for cap in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY"):
+        monkeypatch.delenv(cap, raising=False)
 
 
 def _cpu(monkeypatch, *, avx512_bf16, amx):
@@ -106,8 +109,6 @@ def test_extraction_records_what_auto_chose(monkeypatch, no_env, tiny):
 ])
 def test_an_instruction_set_cap_below_bf16_makes_auto_float32(monkeypatch, no_env, tiny,
                                                              var, value, capped):
-    for v in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY"):
-        monkeypatch.delenv(v, raising=False)
     _cpu(monkeypatch, avx512_bf16=True, amx=False)
     monkeypatch.setenv(var, value)
     feats = cpu_features()
