@@ -11,6 +11,9 @@
   block ``stop_at_layer``, so ``stop_at_layer = n_layers`` (reading the last block) ran the final
   norm and the unembedding over every position anyway; here the run stops after the last block's
   output hook instead, as ``HookedTransformer`` does.
+- ``cache_to_layer(model, tokens, names, stop_at_layer)``: the activations at ``names`` from that
+  run, as ``run_with_cache(..., names_filter=names, stop_at_layer=...)`` would give them without
+  the bridge's extra work.
 - ``ensure_kv_cache_compat()``: transformers 5.24 renamed the per-layer cache keyword of its
   attention modules from ``past_key_values`` to ``cache``; TransformerLens 4.0-4.3 attention
   bridges only read the old names, so cached decoding silently attends to one position. The shim
@@ -146,6 +149,28 @@ def run_to_layer(model: Any, tokens: Any, fwd_hooks: list[tuple[str, Any]], stop
         return
     model.run_with_hooks(tokens, fwd_hooks=hooks, return_type=None,
                          stop_at_layer=int(stop_at_layer), **kwargs)
+
+
+def cache_to_layer(model: Any, tokens: Any, names: list[str], stop_at_layer: int,
+                   **kwargs: Any) -> dict[str, Any]:
+    """The activations at hook points ``names`` (detached) from ``run_to_layer``: what
+    ``run_with_cache(tokens, names_filter=names, stop_at_layer=stop_at_layer)`` caches, with
+    nothing after block ``stop_at_layer - 1`` computed."""
+    cache: dict[str, Any] = {}
+
+    def keep(name: str) -> Any:  # keyed by the name asked for (a bridge hook may be an alias)
+        def hook_fn(act: Any, hook: Any) -> None:
+            cache[name] = act.detach()
+        return hook_fn
+
+    run_to_layer(model, tokens, [(n, keep(n)) for n in names], stop_at_layer, **kwargs)
+    missing = [n for n in names if n not in cache]
+    if missing:
+        from emolens.errors import InputError
+
+        raise InputError(f"hook points {missing} did not run in the first {stop_at_layer} "
+                         "blocks; give a stop_at_layer past their block")
+    return cache
 
 
 def _is_bridge(model: Any) -> bool:

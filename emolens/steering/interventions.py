@@ -575,6 +575,7 @@ def measure_mean_norm(model: Model, texts: Any, layers: Sequence[int] | None = N
                       batch_size: int = 8) -> dict[int, float]:
     """Mean residual-stream norm at ``blocks.{l}.hook_resid_post`` over content tokens (real
     tokens other than the first, attention-sink token) of ``texts``: the steering unit."""
+    from emolens.compat import cache_to_layer
     from emolens.sites import resolve_sites
     from emolens.tokens import to_inputs
 
@@ -586,9 +587,8 @@ def measure_mean_norm(model: Model, texts: Any, layers: Sequence[int] | None = N
         batch = to_inputs(model, items[i:i + batch_size])
         b = batch.to(model_device(model))
         with torch.no_grad():
-            _, cache = model.run_with_cache(b.tokens, names_filter=[s.name for s in sites],
-                                            stop_at_layer=max(s.layer for s in sites) + 1,
-                                            **b.forward_kwargs())
+            cache = cache_to_layer(model, b.tokens, [s.name for s in sites],
+                                   max(s.layer for s in sites) + 1, **b.forward_kwargs())
         mask = b.content_mask
         count += int(mask.sum())
         for s in sites:

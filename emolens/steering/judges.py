@@ -252,6 +252,7 @@ class DirectionJudge:
         self.name = name
 
     def __call__(self, inp: JudgeInput) -> dict[str, list[float]]:
+        from emolens.compat import cache_to_layer
         from emolens.sites import resolve_site
 
         site = resolve_site(inp.model, self.layer)
@@ -260,8 +261,7 @@ class DirectionJudge:
         am = inp.attention_mask.to(device)
         kwargs = {} if bool(am.all()) else {"attention_mask": am}
         with torch.no_grad():
-            _, cache = inp.model.run_with_cache(toks, names_filter=[site.name],
-                                                stop_at_layer=site.layer + 1, **kwargs)
+            cache = cache_to_layer(inp.model, toks, [site.name], site.layer + 1, **kwargs)
         proj = score(cache[site.name].float(), self.vector[None])[..., 0]  # raw: no centre
         gen = am.bool().clone()
         gen[:, : inp.prompt_len] = False

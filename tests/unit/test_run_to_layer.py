@@ -50,3 +50,26 @@ def test_run_to_layer_reads_the_last_block_without_the_unembedding(request, fixt
 
 def test_tiny_llama_is_a_bridge(tiny_llama):
     assert _is_bridge(tiny_llama)  # so the test above covers the bridge path
+
+
+@pytest.mark.parametrize("fixture", ["tiny", "tiny_llama"])
+def test_cache_to_layer_equals_run_with_cache_without_the_unembedding(request, fixture):
+    from emolens.compat import cache_to_layer
+    from emolens.errors import InputError
+
+    model = request.getfixturevalue(fixture)
+    n = int(model.cfg.n_layers)
+    tokens = torch.tensor([[1, 5, 7, 9, 11], [1, 4, 4, 2, 8]])
+    names = [f"blocks.{n - 1}.hook_resid_post", "blocks.0.hook_resid_pre",
+             "blocks.0.hook_resid_post"]
+    with torch.no_grad():
+        _, ref = model.run_with_cache(tokens, names_filter=names)
+        got = {}
+        assert _unembed_calls(model, lambda: got.update(cache_to_layer(model, tokens, names, n))) \
+            == 0
+    assert sorted(got) == sorted(names)
+    for name in names:
+        assert torch.allclose(got[name], ref[name], atol=1e-6), name
+    # a hook point past the stop is an error that names it, not a silent gap
+    with pytest.raises(InputError, match=f"blocks.{n - 1}.hook_resid_post"):
+        cache_to_layer(model, tokens, names, 1)
