@@ -230,7 +230,7 @@ def ablation_scan(model: Model, registry: Any, emotion: str, *, prompts: Sequenc
                   layers: Sequence[int] | None = None, mode: str = "all_layers",
                   neutral: Any = None, n_neutral: int = 8, kl_limit: float = 0.1,
                   expect: str = "decrease", placebo: bool = True, placebo_seed: int = 0,
-                  seed: int = 0, batch_size: int = 16, kl_batch_size: int = 4,
+                  seed: int = 0, batch_size: int | None = None, kl_batch_size: int = 4,
                   progress: bool = False) -> AblationResult:
     """Arditi et al.'s layer selection for one emotion direction (see the module docstring).
 

@@ -163,7 +163,7 @@ def extract_speaker_emotions(model: Model, which: str = "present",
                              default_layer: int | None = None, positions_per_turn: int = 8,
                              split: str | None = "train", neutral: Sequence[Any] | None = None,
                              validate: bool = True, method: str = "mean_diff",
-                             batch_size: int = 16, compute_dtype: Any = "auto",
+                             batch_size: int | None = None, compute_dtype: Any = "auto",
                              progress: bool = True, name: str | None = None,
                              max_dialogues_per_emotion: int | None = None,
                              n_shuffled: int = 5,
@@ -553,7 +553,7 @@ def speaker_experiment(model: Model, story: EmotionRegistry, *,
                        max_dialogues_per_emotion: int | None = None,
                        positions_per_turn: int = 8, n_shuffled: int = 5, validate: bool = True,
                        neutral: Sequence[Any] | None = None, n_resamples: int = 2000,
-                       n_placebo: int = 1000, seed: int = 0, batch_size: int = 16,
+                       n_placebo: int = 1000, seed: int = 0, batch_size: int | None = None,
                        compute_dtype: Any = "auto", progress: bool = True) -> SpeakerCosines:
     """The whole speaker experiment for a story registry: build the speaker families
     (``which``) at one layer, each with its shuffled-label control from the same pass, and

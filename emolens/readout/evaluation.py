@@ -379,7 +379,7 @@ def _resolve_layers(registry: EmotionRegistry, layers: Any) -> list[int]:
 def evaluate(model: Model, registry: EmotionRegistry, texts: Any, labels: Sequence[Any], *,
              layers: Sequence[int] | str | int | None = None,
              label_map: Mapping[Any, Any] | None = None, drop_unknown: bool = False,
-             batch_size: int = 8, positions: str = "content", progress: bool = True,
+             batch_size: int | None = None, positions: str = "content", progress: bool = True,
              strict: bool = True) -> Evaluation:
     """Classify labelled held-out texts with ``registry``'s directions, layer by layer.
 
@@ -394,7 +394,8 @@ def evaluate(model: Model, registry: EmotionRegistry, texts: Any, labels: Sequen
             not in it are used as they are. A label mapped to None, or not a registry emotion
             after mapping, raises ``InputError`` unless ``drop_unknown=True`` skips its texts
             (counted in ``Evaluation.dropped``).
-        batch_size: texts per forward pass (batches are length-sorted).
+        batch_size: texts per forward pass (batches are length-sorted; None: the device's
+            default, ``runtime.resolve_batch_size``).
         positions: position policy of the per-text mean (default ``"content"``, as extraction).
         strict: refuse a registry whose recorded model id differs (``strict=False`` checks
             shapes only).
@@ -406,14 +407,13 @@ def evaluate(model: Model, registry: EmotionRegistry, texts: Any, labels: Sequen
     from emolens.extraction.accumulator import masked_means
     from emolens.extraction.extract import stream_sites
     from emolens.extraction.positions import position_mask, validate_policy
-    from emolens.runtime import progress_bar, sorted_batches
+    from emolens.runtime import progress_bar, resolve_batch_size, sorted_batches
     from emolens.tokens import normalise_inputs, to_inputs
 
     if not isinstance(registry, EmotionRegistry):
         raise InputError(f"registry must be an EmotionRegistry (emolens.EmotionRegistry.load("
                          f"folder)), got {type(registry).__name__}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = resolve_batch_size(batch_size, model)
     policy = validate_policy(positions)
     registry.check_model(model, strict=strict)
     use = _resolve_layers(registry, layers)

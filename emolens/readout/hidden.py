@@ -45,7 +45,7 @@ class NeutralBaseline:
 
 
 def neutral_baseline(model: Model, registry: EmotionRegistry, dialogues: Sequence[Any], *,
-                     layer: int | None = None, batch_size: int = 16) -> NeutralBaseline:
+                     layer: int | None = None, batch_size: int | None = None) -> NeutralBaseline:
     """Readout statistics over the assistant-reply tokens of neutral chat dialogues."""
     from emolens.readout.readout import read_emotions
 

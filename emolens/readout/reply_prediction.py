@@ -220,7 +220,7 @@ def reply_emotion_prediction(model: Model, registry: Any, prompts: Sequence[Any]
                              n_prompts: int | None = None, emotions: Sequence[str] | None = None,
                              layers: Sequence[int] | None = None, reply_layer: int | None = None,
                              reply_reading: str = "alone", max_new_tokens: int = 40,
-                             batch_size: int = 16, n_resamples: int = 1000, seed: int = 0,
+                             batch_size: int | None = None, n_resamples: int = 1000, seed: int = 0,
                              progress: bool = False) -> ReplyPredictionResult:
     """Generate replies and correlate their pooled emotion with the prompt's readout at the
     reply-opening token and at the user's last token (see the module docstring).
@@ -234,9 +234,11 @@ def reply_emotion_prediction(model: Model, registry: Any, prompts: Sequence[Any]
 
     from emolens.generation import generate
     from emolens.readout.readout import read_emotions
+    from emolens.runtime import resolve_batch_size
 
     if reply_reading not in ("alone", "in_context"):
         raise InputError(f"reply_reading must be 'alone' or 'in_context', got {reply_reading!r}")
+    batch_size = resolve_batch_size(batch_size, model)
     if prompts is None:
         from emolens.stimuli.corpus import load_corpus
 

@@ -116,7 +116,7 @@ def _aggregate(per: torch.Tensor, emos: list[str], columns: list[str], layer: in
 
 
 def scenario_matrix(model: Model, registry: Any, scenarios: Sequence[Any], *,
-                    layer: int | None = None, batch_size: int = 16) -> ScenarioMatrix:
+                    layer: int | None = None, batch_size: int | None = None) -> ScenarioMatrix:
     """Read ``scenarios`` (corpus records with ``.emotion`` and ``.messages``, or
     ``(emotion, messages)`` pairs) at the reply-opening token and score the diagonal.
 

@@ -105,7 +105,7 @@ def word_token_ids(model: Model, word: str) -> list[int]:
 
 
 def word_logprobs(model: Model, contexts: Sequence[tuple[str, bool]], words: Sequence[str], *,
-                  batch_size: int = 16, steerings: Sequence[Any] | None = None,
+                  batch_size: int | None = None, steerings: Sequence[Any] | None = None,
                   progress: bool = False) -> Float[torch.Tensor, "context word"]:
     """``[n_contexts, n_words]`` log P(" word" | context): all the word's tokens, summed.
 
@@ -114,8 +114,12 @@ def word_logprobs(model: Model, contexts: Sequence[tuple[str, bool]], words: Seq
     to score under steering, outside it for the unsteered model. ``steerings``: one
     ``Steering`` (or None: unsteered) per context, applied to that context's rows of each
     forward batch only (``Steering.with_rows``), so contexts under different interventions
-    share batches. ``batch_size``: sequences per forward.
+    share batches. ``batch_size``: sequences per forward (None: the device's default,
+    ``runtime.resolve_batch_size``).
     """
+    from emolens.runtime import resolve_batch_size
+
+    batch_size = resolve_batch_size(batch_size, model)
     bos_default = bool(getattr(model.cfg, "default_prepend_bos", True))
     ctx_ids = [_ids(model, text, bos=bos_default and not chat) for text, chat in contexts]
     wids = [word_token_ids(model, w) for w in words]

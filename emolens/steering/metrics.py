@@ -182,7 +182,7 @@ class DetectionResult:
 def detection_auc(model: Model, registry: Any, texts: Any = None, labels: Sequence[str] | None = None,
                   *, emotions: Sequence[str] | None = None, layer: int | None = None,
                   placebo_seed: int = 0, n_resamples: int = 1000, seed: int = 0,
-                  batch_size: int = 16) -> DetectionResult:
+                  batch_size: int | None = None) -> DetectionResult:
     """ROC-AUC per emotion of the pooled readout (centred projection, mean over content tokens)
     on held-out labelled texts, one-vs-rest, with a stratified bootstrap interval and a random
     unit direction per emotion (seed ``placebo_seed + i``) as the placebo.
@@ -253,12 +253,14 @@ def _reply_parts(inp: JudgeInput) -> tuple[list[list[int]], list[list[int]]]:
 
 
 def continuation_logprob(model: Model, prefixes: Sequence[Sequence[int]],
-                         continuations: Sequence[Sequence[int]], *, batch_size: int = 16
+                         continuations: Sequence[Sequence[int]], *, batch_size: int | None = None
                          ) -> list[float]:
     """Per pair, the mean ``log P(continuation_t | prefix, continuation_<t)`` (nats per token)
     under whatever hooks are on the model (none: unsteered); NaN for an empty continuation."""
     from emolens.runtime import model_device as _device
+    from emolens.runtime import resolve_batch_size
 
+    batch_size = resolve_batch_size(batch_size, model)
     if len(prefixes) != len(continuations):
         raise InputError(f"{len(prefixes)} prefixes but {len(continuations)} continuations")
     pad = int(getattr(model.tokenizer, "pad_token_id", None) or 0)

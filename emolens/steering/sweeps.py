@@ -31,7 +31,7 @@ import torch
 from jaxtyping import Int
 
 from emolens.errors import InputError, SteeringError
-from emolens.runtime import batches, model_device, progress_bar
+from emolens.runtime import batches, model_device, progress_bar, resolve_batch_size
 from emolens.steering.interventions import Steering, apply_steering, random_direction
 from emolens.steering.judges import (
     JudgeInput,
@@ -364,7 +364,7 @@ class EmotionWordTest:
 def emotion_word_test(model: Model, registry: Any, emotions: Sequence[str] | None = None, *,
                       strength: float | int, prompts: Any, layer: int | None = None,
                       control_seed: int = 0, positions: Any = "all",
-                      progress: bool = False, batch_size: int = 16) -> EmotionWordTest:
+                      progress: bool = False, batch_size: int | None = None) -> EmotionWordTest:
     """Steer toward each emotion on (neutral) prompts and measure how each emotion word's
     log-probability after "They feel" changes under the *steered* model.
 
@@ -386,7 +386,7 @@ def emotion_word_test(model: Model, registry: Any, emotions: Sequence[str] | Non
                             "the mean residual norm; the study used about 0.1-0.5 for text)")
     for e in emos:
         Steering(registry, {e: 1.0})  # validates names
-    _check_batch_size(batch_size)
+    batch_size = resolve_batch_size(batch_size, model)
     items = _prompts_list(prompts)
     layer_used = registry.default_layer if layer is None else layer
     mean_norm = float(registry.mean_norm(layer_used))
