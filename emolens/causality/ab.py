@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Bool, Float
 
 from emolens.causality._common import CausalityError, slice_batch, token_ids
 from emolens.io import read_jsonl
@@ -168,7 +168,9 @@ def score_ab(model: Model, batch: TokenizedBatch, letter_ids: list[list[int]], *
         ctx = steer(b, sl) if steer is not None else nullcontext()
         pos = reply_or_last(b).to(dev)
         with torch.no_grad(), ctx, model.hooks(fwd_hooks=[(n, make(n)) for n in capture]):
-            at = answer_logits(model, b.tokens.to(dev), pos, **kw).float()
+            # logits at the answer position only: no [batch, pos, d_vocab] tensor
+            at = logits_at(model, b.tokens.to(dev), torch.arange(len(pos), device=dev), pos,
+                           **kw).float()
         letter = torch.stack([at[:, ids].logsumexp(-1) for ids in letter_ids], -1)
         p_a.append(letter.softmax(-1)[:, 0].cpu())
         mass.append((letter.logsumexp(-1) - at.logsumexp(-1)).exp().cpu())
@@ -177,15 +179,6 @@ def score_ab(model: Model, batch: TokenizedBatch, letter_ids: list[list[int]], *
             acts[n].append((capture_fn(n, x, b) if capture_fn is not None else x).float().cpu())
         del at
     return ABScores(torch.cat(p_a), torch.cat(mass), acts)
-
-
-def answer_logits(model: Model, tokens: Int[torch.Tensor, "batch pos"],
-                  pos: Int[torch.Tensor, " batch"], **kwargs: Any
-                  ) -> Float[torch.Tensor, "batch d_vocab"]:
-    """Logits at one position per row (``runtime.logits_at``: no ``[batch, pos, d_vocab]``
-    tensor is built). Call under ``torch.no_grad()``."""
-    rows = torch.arange(tokens.shape[0], device=tokens.device)
-    return logits_at(model, tokens, rows, pos, **kwargs)
 
 
 def steer_context(model: Model, registry: Any, emotion: str | Float[torch.Tensor, " d_model"],

@@ -528,11 +528,12 @@ def test_run_causality_preferences_with_activities_in_no_prompt(tiny):
 
 
 @pytest.mark.parametrize("fixture", ["tiny", "tiny_llama"])
-def test_answer_logits_equal_the_full_forward_with_hooks_and_steering(request, fixture):
+def test_answer_position_logits_equal_the_full_forward_with_hooks_and_steering(request, fixture):
     """Logits at the answer position only (blocks on every position, norm + unembedding at one)
     equal the full forward's logits there, unsteered and steered, with capture hooks active."""
-    from emolens.causality.ab import ab_token_sets, answer_logits, score_ab, steer_context
+    from emolens.causality.ab import ab_token_sets, score_ab, steer_context
     from emolens.positions import reply_or_last
+    from emolens.runtime import logits_at
     from emolens.tokens import to_inputs
 
     model = request.getfixturevalue(fixture)
@@ -544,17 +545,18 @@ def test_answer_logits_equal_the_full_forward_with_hooks_and_steering(request, f
     kw = batch.forward_kwargs()
     with torch.no_grad():
         full = model(batch.tokens, **kw)[torch.arange(len(batch)), pos]
-        fast = answer_logits(model, batch.tokens, pos, **kw)
+        rows = torch.arange(len(batch))
+        fast = logits_at(model, batch.tokens, rows, pos, **kw)
         assert fast.shape == full.shape
         assert torch.allclose(fast, full, atol=1e-5, rtol=1e-5)
         layer = reg.layers[0]
         with steer_context(model, reg, "calm", 0.5, layer):
             full_s = model(batch.tokens, **kw)[torch.arange(len(batch)), pos]
         with steer_context(model, reg, "calm", 0.5, layer):
-            fast_s = answer_logits(model, batch.tokens, pos, **kw)
+            fast_s = logits_at(model, batch.tokens, rows, pos, **kw)
     assert not torch.allclose(full_s, full, atol=1e-3)  # the steering moved the logits
     assert torch.allclose(fast_s, full_s, atol=1e-5, rtol=1e-5)
-    # score_ab (which now calls answer_logits) captures while it scores
+    # score_ab (which scores through logits_at) captures while it scores
     site = reg.site(layer).name
     sc = score_ab(model, batch, ab_token_sets(model), capture=[site], max_tokens=64)
     at = full.float()
