@@ -10,7 +10,6 @@ held-out text without keeping activations around.
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -138,7 +137,7 @@ def extract_emotions(model: Model, corpus: Any = None, *, layers: Any = None,
                      neutral: Sequence[TextInput] | None = None, validate: bool = True,
                      default_layer: int | None = None,
                      label_permutation_seed: int | None = None,
-                     shuffled_control: bool | int = True, shuffle_labels: int | None = None,
+                     shuffled_control: bool | int = True,
                      family: str = "emotion", name: str | None = None, progress: bool = True,
                      padding_side: str = "right", compute_dtype: torch.dtype | str | None = "auto",
                      max_texts_per_emotion: int | None = None,
@@ -174,7 +173,6 @@ def extract_emotions(model: Model, corpus: Any = None, *, layers: Any = None,
             mean over the K permutations (``validation["shuffled_accuracy_by_layer"]``, which
             must sit at chance) and each permutation's (``"shuffled_accuracy_by_seed"``).
             Seed k of this control scores as ``label_permutation_seed=k`` does.
-        shuffle_labels: deprecated name of ``label_permutation_seed`` (a DeprecationWarning).
         compute_dtype: the dtype of the forward passes (``emolens.hardware``): ``"auto"``
             (default) runs them under bf16 autocast only where the hardware has native bf16 (a
             CPU with AVX512-BF16 or AMX, a CUDA device with bf16) and in the model's own dtype
@@ -203,15 +201,10 @@ def extract_emotions(model: Model, corpus: Any = None, *, layers: Any = None,
     and the mean residual norm at each site (the steering unit).
     """
     t0 = time.perf_counter()
-    if shuffle_labels is not None:
-        warnings.warn("extract_emotions(shuffle_labels=) is deprecated: pass the same seed as "
-                      "label_permutation_seed= (shuffled_control= is the separate in-pass "
-                      "control)", DeprecationWarning, stacklevel=2)
-        if label_permutation_seed is not None and label_permutation_seed != shuffle_labels:
-            raise ExtractionError(f"shuffle_labels={shuffle_labels!r} and label_permutation_seed="
-                                  f"{label_permutation_seed!r} disagree; pass only "
-                                  "label_permutation_seed")
-        label_permutation_seed = shuffle_labels
+    if "shuffle_labels" in method_params:  # removed in round 3: one name per option
+        raise ExtractionError(f"shuffle_labels={method_params['shuffle_labels']!r} was removed; "
+                              "pass the same seed as label_permutation_seed= (shuffled_control= "
+                              "is the separate in-pass control)")
     shuffle_labels = label_permutation_seed  # the name the passes below use
     policy = validate_policy(positions)
     batch_size = resolve_batch_size(batch_size, model)

@@ -1,5 +1,5 @@
 """extract_emotions's label-permutation options: ``label_permutation_seed`` (the registry itself
-is a null control) and its deprecated name ``shuffle_labels``."""
+is a null control); the removed name ``shuffle_labels`` is refused with the new one."""
 from __future__ import annotations
 
 import pytest
@@ -20,18 +20,16 @@ def _fit(model, **kw):
     return extract_emotions(model, TEXTS, layers=[1], progress=False, neutral=[], **kw)
 
 
-def test_permutation_seed_permutes_and_the_old_name_is_an_alias(tiny):
+def test_permutation_seed_permutes(tiny):
     real = _fit(tiny)
     permuted = _fit(tiny, label_permutation_seed=3)
     assert permuted.metadata["shuffled_labels_seed"] == 3
     assert real.metadata["shuffled_labels_seed"] is None
     assert not torch.allclose(real.matrix(1), permuted.matrix(1))
-    with pytest.warns(DeprecationWarning, match="label_permutation_seed="):
-        old = _fit(tiny, shuffle_labels=3)
-    assert torch.equal(old.matrix(1), permuted.matrix(1))
-    assert old.metadata["shuffled_labels_seed"] == 3
+    again = _fit(tiny, label_permutation_seed=3)
+    assert torch.equal(again.matrix(1), permuted.matrix(1))  # the seed fixes the permutation
 
 
-def test_the_two_names_must_agree(tiny):
-    with pytest.warns(DeprecationWarning), pytest.raises(ExtractionError, match="disagree"):
-        _fit(tiny, shuffle_labels=1, label_permutation_seed=2)
+def test_the_removed_name_is_refused_with_the_new_one(tiny):
+    with pytest.raises(ExtractionError, match=r"shuffle_labels=3 was removed.*label_permutation_seed="):
+        _fit(tiny, shuffle_labels=3)
