@@ -618,8 +618,9 @@ def _section_detection(ctx: RunContext) -> None:
         "detection", "Concept detection (AxBench): ROC-AUC of each direction, one-vs-rest",
         f"{res.statement} (`emolens.steering.detection_auc(model, registry, emotions="
         f"{len(res.emotions)} core emotions)`.)",
-        limits="Held-out stories of the bundled corpus: same authors and style as the training "
-               "stories.")
+        limits="The bundled corpus's test stories (the registry's default layer was chosen on its "
+               "dev stories): held out, but by the same authors and in the same style as the "
+               "training stories; emotions with one or two test stories have wide intervals.")
     ctx.report.add_figure(res.figure(), "ROC-AUC - 0.5 per emotion with 95% stratified "
                           "bootstrap intervals; random unit directions as placebo")
 

@@ -182,14 +182,16 @@ class DetectionResult:
 def detection_auc(model: Model, registry: Any, texts: Any = None, labels: Sequence[str] | None = None,
                   *, emotions: Sequence[str] | None = None, layer: int | None = None,
                   placebo_seed: int = 0, n_resamples: int = 1000, seed: int = 0,
-                  batch_size: int | None = None) -> DetectionResult:
+                  split: str = "test", batch_size: int | None = None) -> DetectionResult:
     """ROC-AUC per emotion of the pooled readout (centred projection, mean over content tokens)
     on held-out labelled texts, one-vs-rest, with a stratified bootstrap interval and a random
     unit direction per emotion (seed ``placebo_seed + i``) as the placebo.
 
-    ``texts``/``labels``: default the bundled corpus's validation stories of the registry's
-    emotions (never used to fit the directions). Texts whose label is not in ``emotions`` are
-    dropped.
+    ``texts``/``labels``: default the bundled corpus's held-out stories of the registry's
+    emotions, of ``split``: ``"test"`` (default: the registry's default layer was chosen on
+    ``"dev"``, so the figure is read on stories no choice saw), ``"dev"``, or ``"validation"``
+    (both; twice the stories, but the layer was chosen on half of them). Texts whose label is
+    not in ``emotions`` are dropped.
     """
     from emolens.readout.readout import read_emotions
     from emolens.registry import EmotionRegistry
@@ -202,11 +204,14 @@ def detection_auc(model: Model, registry: Any, texts: Any = None, labels: Sequen
     if texts is None:
         from emolens.stimuli.corpus import load_corpus
 
+        if split not in ("test", "dev", "validation"):
+            raise InputError(f"split={split!r}: give 'test' (default), 'dev' or 'validation' "
+                             "(dev and test together)")
         corpus = load_corpus()
         have = [e for e in emos if e in corpus.emotions]
-        recs = corpus.stories(have, split="validation")
+        recs = corpus.stories(have, split=split)
         texts, labels = [r.text for r in recs], [str(r.emotion) for r in recs]
-        source = f"validation stories of corpus {corpus.name!r}"
+        source = f"{split} stories of corpus {corpus.name!r}"
     elif labels is None:
         raise InputError("texts were given without labels; pass labels= (one emotion per text)")
     items, labs = list(texts), [str(x) for x in labels]  # type: ignore[union-attr]

@@ -90,6 +90,27 @@ def test_detection_auc_finds_a_planted_direction_and_a_null_stays_null(tiny):
         M.detection_auc(tiny, reg, a_te)
 
 
+def test_detection_auc_reads_the_test_split_unless_told():
+    """Default texts: the corpus's test stories (the default layer was chosen on dev); dev and
+    validation (both) on request; the count and the source say which."""
+    from emolens.stimuli.corpus import load_corpus
+    from emolens.testing import tiny_model
+
+    tiny = tiny_model(n_ctx=1024)  # the bundled stories run to about 600 tokens
+    corpus = load_corpus()
+    emos = ("happy", "afraid")
+    reg = _registry(tiny, emos, vectors=torch.randn(tiny.cfg.n_layers, 2, tiny.cfg.d_model))
+    n = {sp: len(corpus.stories(list(emos), split=sp)) for sp in ("dev", "test")}
+    assert n["dev"] > 0 and n["test"] > 0 and n["dev"] != n["test"]
+    got = {sp: M.detection_auc(tiny, reg, split=sp, n_resamples=20) for sp in ("dev", "validation")}
+    got["test"] = M.detection_auc(tiny, reg, n_resamples=20)  # the default
+    assert got["test"].n_texts == n["test"] and got["dev"].n_texts == n["dev"]
+    assert got["validation"].n_texts == n["dev"] + n["test"]
+    assert got["test"].source.startswith("test stories") and "dev stories" in got["dev"].source
+    with pytest.raises(InputError, match="split='train'"):
+        M.detection_auc(tiny, reg, split="train")
+
+
 # ------------------------------------------------------------------------------ steering score
 def _planted_frame(n_prompts=16, strengths=(0.0, 0.1, 0.2, 0.4), *, effect=True, seed=0):
     rng = np.random.default_rng(seed)
