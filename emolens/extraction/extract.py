@@ -10,7 +10,7 @@ held-out text without keeping activations around.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -84,6 +84,50 @@ def stream_sites(model: Model, texts: Sequence[TextInput], sites: Sequence[Site]
         run_to_layer(model, tokens, hooks, stop, **kwargs)
 
 
+def permuted_labels(labels: Sequence[int], seed: int,
+                    groups: Sequence[int] | None = None) -> torch.Tensor:
+    """``labels`` permuted with ``seed``: over texts (``groups`` None), or over groups, each
+    text taking its group's permuted label (``groups[i]``: the group index of text i, 0..G-1;
+    every text of a group carries one label)."""
+    g = torch.Generator().manual_seed(int(seed))
+    lab = torch.tensor(list(labels), dtype=torch.long)
+    if groups is None:
+        return lab[torch.randperm(len(lab), generator=g)]
+    grp = torch.tensor(list(groups), dtype=torch.long)
+    n_groups = int(grp.max()) + 1 if len(grp) else 0
+    group_label = torch.full((n_groups,), -1, dtype=torch.long)
+    group_label[grp] = lab  # one label per group (checked by _group_index)
+    return group_label[torch.randperm(n_groups, generator=g)][grp]
+
+
+def _group_index(corpus: Any, names: Sequence[str], train: LabelledTexts,
+                 permutation_groups: Mapping[str, Sequence[Hashable]] | None,
+                 max_train: int | None) -> list[int] | None:
+    """The group index (0..G-1, first appearance order) of each training text, or None."""
+    if permutation_groups is None:
+        return None
+    if not isinstance(corpus, Mapping):
+        raise InputError("permutation_groups needs a mapping corpus (emotion -> texts); a "
+                         "Corpus's stories are one text each, so leave it None")
+    keys: list[Hashable] = []
+    for e in names:
+        given = permutation_groups.get(e)
+        n = len(list(corpus[e])[:max_train])
+        if given is None or len(list(given)[:max_train]) != n:
+            raise InputError(f"permutation_groups[{e!r}] must give one key per text of {e!r} "
+                             f"({n}), got {None if given is None else len(list(given))}")
+        keys += list(given)[:max_train]
+    index: dict[Hashable, int] = {}
+    out = [index.setdefault(k, len(index)) for k in keys]
+    label_of: dict[int, int] = {}
+    for gi, lab in zip(out, train.labels):
+        if label_of.setdefault(gi, lab) != lab:
+            raise InputError(f"permutation group {keys[out.index(gi)]!r} holds texts of two "
+                             f"emotions ({names[label_of[gi]]!r} and {names[lab]!r}); a group's "
+                             "texts must share one emotion")
+    return out
+
+
 def _from_corpus(corpus: Any, emotions: Sequence[str] | None, max_train: int | None = None
                  ) -> tuple[list[str], LabelledTexts, LabelledTexts, LabelledTexts,
                             list[TextInput], dict[str, Any]]:
@@ -143,6 +187,7 @@ def extract_emotions(model: Model, corpus: Any = None, *, layers: Any = None,
                      max_texts_per_emotion: int | None = None,
                      distributed: bool | str | None = "auto",
                      shuffled_out: list[EmotionRegistry] | None = None,
+                     permutation_groups: Mapping[str, Sequence[Hashable]] | None = None,
                      **method_params: Any) -> EmotionRegistry:
     """Build an ``EmotionRegistry`` from stimulus text, streaming.
 
@@ -194,6 +239,11 @@ def extract_emotions(model: Model, corpus: Any = None, *, layers: Any = None,
             layer of the real registry, name ``"<name>-shuffled-<k>"``): the same in-pass
             fits, also when there are no validation texts (a mapping corpus), so a null
             control costs no forward pass; seed k equals ``label_permutation_seed=k``.
+        permutation_groups: for a mapping corpus, one key per text of each emotion (same
+            order): texts with one key come from one source (e.g. readings of one dialogue)
+            and are not exchangeable, so every label permutation (``label_permutation_seed``,
+            ``shuffled_control``) permutes the labels of whole groups, each group's texts keeping
+            one label. Default None: every text is its own group.
         method_params: passed to the method's factory (e.g. ``neutral_variance=0.5``).
 
     Returns an ``EmotionRegistry`` whose metadata records the model's provenance, sites,
@@ -226,10 +276,10 @@ def extract_emotions(model: Model, corpus: Any = None, *, layers: Any = None,
         raise InputError(f"need at least 2 emotions to contrast, got {names}")
     if not train.texts:
         raise InputError("no training texts were found for the requested emotions")
+    groups = _group_index(corpus, names, train, permutation_groups, max_texts_per_emotion)
     if shuffle_labels is not None:
-        g = torch.Generator().manual_seed(int(shuffle_labels))
-        perm = torch.randperm(len(train.labels), generator=g).tolist()
-        train = LabelledTexts(train.texts, [train.labels[i] for i in perm])
+        train = LabelledTexts(train.texts,
+                              permuted_labels(train.labels, int(shuffle_labels), groups).tolist())
     neutral_texts = list(corpus_neutral if neutral is None else neutral)
     algo = get_method(method, **method_params)
     sites = require_block_sites(resolve_sites(model, layers))
@@ -241,10 +291,8 @@ def extract_emotions(model: Model, corpus: Any = None, *, layers: Any = None,
         raise InputError(f"shuffled_control must be a bool or a count >= 0, got {shuffled_control!r}")
     control_accs = [ClassMeanAccumulator(len(sites), len(names), d_model)
                     for _ in range(n_controls)]
-    shuffled_labels: list[torch.Tensor] = [
-        torch.tensor(train.labels)[torch.randperm(len(train.labels),
-                                                  generator=torch.Generator().manual_seed(k))]
-        for k in range(n_controls)]
+    shuffled_labels: list[torch.Tensor] = [permuted_labels(train.labels, k, groups)
+                                           for k in range(n_controls)]
     moments = MomentAccumulator(len(sites), d_model) if neutral_texts else None
     from emolens.distributed import context as _dist_context
     from emolens.distributed import shard as _dist_shard
@@ -330,6 +378,8 @@ def extract_emotions(model: Model, corpus: Any = None, *, layers: Any = None,
     reg = _finish(model, t0, unit, center, acc, sites, names, validation, default_layer, algo,
                   policy, corpus_info, neutral_texts, moments, shuffle_labels, batch_size,
                   resolved_dtype, max_texts_per_emotion, family, name, ctx)
+    # the unit the label permutations moved: texts, or groups of texts from one source
+    reg.metadata["permutation_groups"] = None if groups is None else len(set(groups))
     if shuffled_out is not None:
         for k, (cunit, ccenter) in enumerate(controls):
             meta = {**reg.metadata, "shuffled_labels_seed": k, "shuffled_control_of": reg.name,

@@ -140,21 +140,25 @@ def turn_readings(model: Model, dialogue: Dialogue, which: str, positions_per_tu
 
 
 def speaker_texts(model: Model, dialogues: Sequence[Dialogue], which: str,
-                  positions_per_turn: int = 8) -> tuple[dict[str, list[str]], dict[str, Any]]:
-    """Emotion -> cut texts (``turn_readings``) over ``dialogues``, and counts."""
+                  positions_per_turn: int = 8
+                  ) -> tuple[dict[str, list[str]], dict[str, list[int]], dict[str, Any]]:
+    """Emotion -> cut texts (``turn_readings``) over ``dialogues``; emotion -> the index in
+    ``dialogues`` of each text's dialogue (its permutation group); and counts."""
     out: dict[str, list[str]] = {}
+    groups: dict[str, list[int]] = {}
     skipped = 0
     per_dialogue: list[int] = []
-    for d in dialogues:
+    for i, d in enumerate(dialogues):
         texts, s = turn_readings(model, d, which, positions_per_turn)
         out.setdefault(d.emotion, []).extend(texts)
+        groups.setdefault(d.emotion, []).extend([i] * len(texts))
         skipped += s
         per_dialogue.append(len(texts))
     info = {"n_dialogues": len(dialogues), "n_readings": sum(per_dialogue),
             "skipped_points": skipped,
             "readings_per_dialogue": (round(float(np.mean(per_dialogue)), 2)
                                       if per_dialogue else 0.0)}
-    return out, info
+    return out, groups, info
 
 
 def extract_speaker_emotions(model: Model, which: str = "present",
@@ -193,7 +197,8 @@ def extract_speaker_emotions(model: Model, which: str = "present",
         n_shuffled, shuffled_out: with a list as ``shuffled_out``, ``n_shuffled`` registries
             fitted on the same readings with permuted emotion labels (seeds 0..K-1, the
             permutation of ``extract_emotions(label_permutation_seed=k)``, over the training
-            readings) are appended to it, from the same pass (no extra forward): the
+            dialogues: every reading of a dialogue keeps one label, since readings of one
+            dialogue are not exchangeable) are appended to it, from the same pass (no extra forward): the
             shuffled-label control of ``speaker_story_cosines``.
         method, batch_size, compute_dtype, progress, method_params: as in
             ``extract_emotions``.
@@ -214,7 +219,7 @@ def extract_speaker_emotions(model: Model, which: str = "present",
     if shuffled_out is not None:
         check_positive_int(n_shuffled, "n_shuffled")
     train = select_dialogues(ds, names, split, max_dialogues_per_emotion)
-    texts, info = speaker_texts(model, train, which, positions_per_turn)
+    texts, groups, info = speaker_texts(model, train, which, positions_per_turn)
     missing = [e for e in names if not texts.get(e)]
     if missing:
         raise InputError(f"no {split or 'any'}-split dialogue readings for emotion "
@@ -230,7 +235,8 @@ def extract_speaker_emotions(model: Model, which: str = "present",
                            family=family, name=name or f"{family}-{method}", progress=progress,
                            compute_dtype=compute_dtype,
                            shuffled_control=n_shuffled if shuffled_out is not None else False,
-                           shuffled_out=shuffled_out, **method_params)
+                           shuffled_out=shuffled_out,
+                           permutation_groups={e: groups[e] for e in names}, **method_params)
     speaker: dict[str, Any] = {
         "which": which, "definition": DEFINITIONS[which],
         "positions": f"last token of the dialogue cut after each of up to {positions_per_turn} "
@@ -239,7 +245,7 @@ def extract_speaker_emotions(model: Model, which: str = "present",
         "max_dialogues_per_emotion": max_dialogues_per_emotion, **info}
     if validate:
         held = select_dialogues(ds, names, "validation", max_dialogues_per_emotion)
-        held_texts, held_info = speaker_texts(model, held, which, positions_per_turn)
+        held_texts, _, held_info = speaker_texts(model, held, which, positions_per_turn)
         flat = [(t, e) for e in names for t in held_texts.get(e, [])]
         if flat:
             from emolens.readout.evaluation import evaluate

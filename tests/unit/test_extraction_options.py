@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from emolens.errors import ExtractionError
+from emolens.errors import ExtractionError, InputError
 from emolens.extraction import extract_emotions
 
 TEXTS = {
@@ -33,3 +33,52 @@ def test_permutation_seed_permutes(tiny):
 def test_the_removed_name_is_refused_with_the_new_one(tiny):
     with pytest.raises(ExtractionError, match=r"shuffle_labels=3 was removed.*label_permutation_seed="):
         _fit(tiny, shuffle_labels=3)
+
+
+# ------------------------------------------------------------------ permutation groups
+def test_permuted_labels_move_whole_groups():
+    from emolens.extraction.extract import permuted_labels
+
+    labels = [0, 0, 0, 1, 1, 2, 2, 2, 2, 1]
+    groups = [0, 0, 1, 2, 2, 3, 3, 4, 4, 5]  # six sources, 1-2 texts each
+    # no groups: the old per-text permutation, bit for bit
+    g = torch.Generator().manual_seed(4)
+    assert torch.equal(permuted_labels(labels, 4),
+                       torch.tensor(labels)[torch.randperm(len(labels), generator=g)])
+    seen = set()
+    for seed in range(20):
+        p = permuted_labels(labels, seed, groups).tolist()
+        for grp in set(groups):  # a group's texts keep one label
+            assert len({p[i] for i in range(len(p)) if groups[i] == grp}) == 1
+        # the multiset of group labels is the original one (groups are permuted, not texts)
+        per_group = sorted(p[groups.index(grp)] for grp in sorted(set(groups)))
+        assert per_group == sorted(labels[groups.index(grp)] for grp in sorted(set(groups)))
+        seen.add(tuple(p))
+    assert len(seen) > 5  # and the seeds do permute
+
+
+def test_grouped_control_equals_the_grouped_seed_and_groups_are_checked(tiny):
+    # two texts per source; the in-pass control k equals label_permutation_seed=k, grouped
+    a = ["sun warm bright day", "sun warm bright noon", "sun glow warm", "warm sun light",
+         "bright warm sun", "sunny warm hour"]
+    b = ["storm dark cold rain", "storm cold hail", "dark storm wind", "cold rain storm",
+         "storm thunder dark", "hail cold storm"]
+    texts = {"sunny": a, "stormy": b}
+    groups = {"sunny": [0, 0, 1, 1, 2, 2], "stormy": [3, 3, 4, 4, 5, 5]}
+    kw = dict(layers=[1], progress=False, neutral=[], validate=False, default_layer=1,
+              permutation_groups=groups)
+    out: list = []
+    real = extract_emotions(tiny, texts, shuffled_control=3, shuffled_out=out, **kw)
+    assert real.metadata["permutation_groups"] == 6
+    alone = extract_emotions(tiny, texts, label_permutation_seed=2, **kw)
+    torch.testing.assert_close(out[2].matrix(1), alone.matrix(1), atol=1e-5, rtol=1e-5)
+    assert alone.metadata["permutation_groups"] == 6
+    ungrouped = extract_emotions(tiny, texts, label_permutation_seed=2, layers=[1],
+                                 progress=False, neutral=[], validate=False)
+    assert ungrouped.metadata["permutation_groups"] is None
+    with pytest.raises(InputError, match="two emotions"):
+        extract_emotions(tiny, texts, layers=[1], progress=False, neutral=[], validate=False,
+                         permutation_groups={"sunny": [0] * 6, "stormy": [0] * 6})
+    with pytest.raises(InputError, match=r"permutation_groups\['stormy'\]"):
+        extract_emotions(tiny, texts, layers=[1], progress=False, neutral=[], validate=False,
+                         permutation_groups={"sunny": [0] * 6, "stormy": [1, 2]})

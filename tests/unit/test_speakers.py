@@ -210,6 +210,9 @@ def test_other_speaker_reads_only_the_neutral_turns(tiny, story_registry):
 def test_comparison_checks_its_inputs(tiny, story_registry):
     ds = _dialogues(lambda c, k: MARKS[c], n_per=4)
     present = _speaker(tiny, ds, "present")
+    # label permutations move whole dialogues: one permutation group per training dialogue
+    assert present.metadata["permutation_groups"] == present.metadata["speaker"]["n_dialogues"]
+    assert present.metadata["speaker"]["n_readings"] > present.metadata["permutation_groups"]
     with pytest.raises(InputError, match="layer 9"):
         speaker_story_cosines(story_registry, present, layer=9)
     with pytest.raises(InputError, match="at least 3"):
