@@ -83,21 +83,21 @@ def _equal_length_pair(model: Model) -> tuple[str, str]:
 QUICK_SIZES: dict[str, Any] = {
     "patch_pairs": 4, "n_placebo": 2, "attribution_prompts": 4, "shortcut_scenarios": 6,
     "shortcut_strengths": (0.1,), "preference_pairs": 32, "preference_opponents": 1,
-    "preference_activities": None, "preference_emotions": ("happy", "desperate"),
-    "templates": None,
+    "preference_activities": None, "preference_emotions": ("happy",),
+    "templates": None, "patching_map_layer_step": 2,
 }
 RUN_SIZES: dict[str, Any] = {
     "patch_pairs": 8, "n_placebo": 3, "attribution_prompts": 8, "shortcut_scenarios": 12,
     "shortcut_strengths": (-0.1, 0.1), "preference_pairs": 96, "preference_opponents": 1,
     "preference_activities": None,
     "preference_emotions": ("happy", "calm", "desperate", "angry", "sad", "afraid"),
-    "templates": None,
+    "templates": None, "patching_map_layer_step": 1,
 }
 FULL_SIZES: dict[str, Any] = {
     "patch_pairs": 24, "n_placebo": 8, "attribution_prompts": 16, "shortcut_scenarios": None,
     "shortcut_strengths": (-0.5, -0.2, -0.1, -0.05, 0.05, 0.1, 0.2, 0.5),
     "preference_pairs": None, "preference_opponents": 4, "preference_activities": None,
-    "preference_emotions": None, "templates": None,
+    "preference_emotions": None, "templates": None, "patching_map_layer_step": 1,
 }
 
 
@@ -261,7 +261,9 @@ def run_causality(model: Model, registry: Any, *, quick: bool = True, layer: int
         def metric(logits: torch.Tensor) -> torch.Tensor:
             return (logits[:, -1, ia] - logits[:, -1, ib]).mean()
         metric.__name__ = "logit_diff"
-        m = patching_map(model, cb, xb, metric, kind="resid_pre", progress=progress)
+        step = int(size["patching_map_layer_step"])  # quick: every second layer
+        m = patching_map(model, cb, xb, metric, kind="resid_pre",
+                         layers=list(range(0, int(model.cfg.n_layers), step)), progress=progress)
         figures["causality_patching_map"] = patching_map_figure(m)
         s = m.summary()
         s.update({"clean": clean, "corrupted": corrupted,
