@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from jaxtyping import Int
 
-from emolens.compat import run_to_layer, silence_known_warnings
+from emolens.compat import cache_to_layer, silence_known_warnings
 from emolens.errors import InputError, SteeringError
 from emolens.runtime import model_device
 
@@ -233,29 +233,17 @@ def _monitor(model: Model, registry: Any, tokens: torch.Tensor, mask: torch.Tens
     """
     layers = list(registry.layers)  # the model check ran at generate's entry
     names = [registry.site(layer).name for layer in layers]
-    captured: dict[str, torch.Tensor] = {}
-
-    def capture_at(name: str) -> Any:
-        def capture(x: torch.Tensor, *, hook: Any) -> None:
-            captured[name] = x.detach()
-        return capture
-
     if handle is not None:
         handle.tracker.continue_from(tokens, prompt_len)
     kwargs: dict[str, Any] = {}
     if not bool(mask.all()):
         kwargs["attention_mask"] = mask
     with torch.no_grad():
-        run_to_layer(model, tokens, [(n, capture_at(n)) for n in names], max(layers) + 1,
-                     **kwargs)
+        captured = cache_to_layer(model, tokens, names, max(layers) + 1, **kwargs)
     from emolens.scoring import project
 
-    cols = []
-    for name, layer in zip(names, layers):
-        x = captured.get(name)
-        if x is None:
-            raise SteeringError(f"the monitor hook at {name!r} did not fire")
-        cols.append(project(x.float(), registry, layer, centered=centered))  # [b, pos, E]
+    cols = [project(captured[name].float(), registry, layer, centered=centered)  # [b, pos, E]
+            for name, layer in zip(names, layers)]
     scores = torch.stack(cols, dim=2).cpu()  # [b, pos, layer, E]
     scores = scores * mask.cpu()[:, :, None, None]
     return _build_readout(model, registry, tokens, mask, prompt_len, scores, layers, texts,

@@ -112,17 +112,13 @@ def logits_at(model: Model, tokens: torch.Tensor, rows: torch.Tensor, pos: torch
     take the full forward. Hooks and steering contexts already active apply as in a forward;
     call it under ``torch.no_grad()``. Tested equal to the full forward
     (tests/unit/test_causality.py)."""
-    from emolens.compat import run_to_layer
+    from emolens.compat import cache_to_layer
 
     cap = getattr(getattr(model, "cfg", None), "output_logits_soft_cap", -1.0) or -1.0
     ln_final, unembed = getattr(model, "ln_final", None), getattr(model, "unembed", None)
     if float(cap) > 0 or ln_final is None or unembed is None:
         return model(tokens, **kwargs)[rows, pos]
     n = int(model.cfg.n_layers)
-    store: dict[str, torch.Tensor] = {}
-
-    def keep(act: torch.Tensor, hook: Any) -> None:
-        store["x"] = act[rows, pos]
-
-    run_to_layer(model, tokens, [(f"blocks.{n - 1}.hook_resid_post", keep)], n, **kwargs)
-    return unembed(ln_final(store["x"][:, None, :]))[:, 0]
+    last = f"blocks.{n - 1}.hook_resid_post"
+    x = cache_to_layer(model, tokens, [last], n, **kwargs)[last][rows, pos]
+    return unembed(ln_final(x[:, None, :]))[:, 0]

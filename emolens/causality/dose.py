@@ -15,7 +15,7 @@ import torch
 
 from emolens.causality._common import slice_batch
 from emolens.causality.ab import BehaviourResult, est_dict
-from emolens.compat import run_to_layer
+from emolens.compat import cache_to_layer
 from emolens.positions import reply_or_last
 from emolens.runtime import batches, model_device, progress_bar, rows_per_chunk
 from emolens.scoring import project
@@ -76,14 +76,10 @@ def dose_response(
     for sl in progress_bar(list(batches(len(batch), per)), desc="dose-response",
                            enabled=progress):
         b = slice_batch(batch, sl)
-        store: dict[str, torch.Tensor] = {}
-
-        def hook(act: torch.Tensor, hook: Any, _store: dict[str, torch.Tensor] = store) -> None:
-            _store["x"] = act.detach()
         kw = {k: v.to(dev) for k, v in b.forward_kwargs().items()}
         with torch.no_grad():
-            run_to_layer(model, b.tokens.to(dev), [(site.name, hook)], site.layer + 1, **kw)
-        x = store["x"]
+            x = cache_to_layer(model, b.tokens.to(dev), [site.name], site.layer + 1,
+                               **kw)[site.name]
         pos = reply_or_last(b).to(x.device)
         vals.append(project(x[torch.arange(len(b), device=x.device), pos].float(), registry,
                             site.layer, emotions=emos).cpu())
