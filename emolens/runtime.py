@@ -99,8 +99,6 @@ def progress_bar(iterable: Iterable[Any] | None = None, *, total: int | None = N
     return tqdm(iterable, total=total, desc=desc, disable=not enabled, unit=unit, leave=False)
 
 
-__all__ = ["batches", "model_device", "progress_bar", "rows_per_chunk", "sorted_batches"]
-
 
 def logits_at(model: Model, tokens: torch.Tensor, rows: torch.Tensor, pos: torch.Tensor,
               **kwargs: Any) -> torch.Tensor:
@@ -122,3 +120,7 @@ def logits_at(model: Model, tokens: torch.Tensor, rows: torch.Tensor, pos: torch
     last = f"blocks.{n - 1}.hook_resid_post"
     x = cache_to_layer(model, tokens, [last], n, **kwargs)[last][rows, pos]
     return unembed(ln_final(x[:, None, :]))[:, 0]
+
+
+__all__ = ["batches", "logits_at", "model_device", "progress_bar", "resolve_batch_size",
+           "rows_per_chunk", "sorted_batches"]
