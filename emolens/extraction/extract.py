@@ -110,13 +110,14 @@ def _group_index(corpus: Any, names: Sequence[str], train: LabelledTexts,
         raise InputError("permutation_groups needs a mapping corpus (emotion -> texts); a "
                          "Corpus's stories are one text each, so leave it None")
     keys: list[Hashable] = []
-    for e in names:
+    for c, e in enumerate(names):
         given = permutation_groups.get(e)
-        n = len(list(corpus[e])[:max_train])
-        if given is None or len(list(given)[:max_train]) != n:
+        got = None if given is None else list(given)
+        n = train.labels.count(c)  # the texts _from_corpus took (max_train applied)
+        if got is None or len(got[:max_train]) != n:
             raise InputError(f"permutation_groups[{e!r}] must give one key per text of {e!r} "
-                             f"({n}), got {None if given is None else len(list(given))}")
-        keys += list(given)[:max_train]
+                             f"({n}), got {None if got is None else len(got)}")
+        keys += got[:max_train]
     index: dict[Hashable, int] = {}
     out = [index.setdefault(k, len(index)) for k in keys]
     label_of: dict[int, int] = {}

@@ -82,3 +82,16 @@ def test_grouped_control_equals_the_grouped_seed_and_groups_are_checked(tiny):
     with pytest.raises(InputError, match=r"permutation_groups\['stormy'\]"):
         extract_emotions(tiny, texts, layers=[1], progress=False, neutral=[], validate=False,
                          permutation_groups={"sunny": [0] * 6, "stormy": [1, 2]})
+
+
+def test_permutation_groups_with_texts_given_as_iterators(tiny):
+    # texts given as iterators are read once (the counts come from the texts taken)
+    a = ["sun warm bright day", "sun warm noon", "sun glow warm", "warm sun light"]
+    b = ["storm dark cold", "storm cold hail", "dark storm wind", "cold rain storm"]
+    kw = dict(layers=[1], progress=False, neutral=[], validate=False, label_permutation_seed=1)
+    lists = extract_emotions(tiny, {"s": a, "t": b},
+                             permutation_groups={"s": [0, 0, 1, 1], "t": [2, 2, 3, 3]}, **kw)
+    iters = extract_emotions(tiny, {"s": iter(a), "t": iter(b)},
+                             permutation_groups={"s": [0, 0, 1, 1], "t": [2, 2, 3, 3]}, **kw)
+    assert iters.metadata["permutation_groups"] == lists.metadata["permutation_groups"] == 4
+    torch.testing.assert_close(iters.matrix(1), lists.matrix(1))
