@@ -5,14 +5,14 @@ import pytest
 import torch
 
 from emolens.errors import InputError
-from emolens.hardware import ENV_VAR, cpu_features, resolve_compute_dtype
+from emolens.hardware import _CAP_VARS, ENV_VAR, cpu_features, resolve_compute_dtype
 
 
 @pytest.fixture
 def no_env(monkeypatch):
     """No machine-wide override and no instruction-set cap: the mocked probes alone decide."""
     monkeypatch.delenv(ENV_VAR, raising=False)
-    for cap in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY"):
+    for cap in _CAP_VARS:
         monkeypatch.delenv(cap, raising=False)
 
 
