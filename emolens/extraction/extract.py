@@ -256,7 +256,6 @@ def extract_emotions(model: Model, corpus: Any = None, *, layers: Any = None,
         raise ExtractionError(f"shuffle_labels={method_params['shuffle_labels']!r} was removed; "
                               "pass the same seed as label_permutation_seed= (shuffled_control= "
                               "is the separate in-pass control)")
-    shuffle_labels = label_permutation_seed  # the name the passes below use
     policy = validate_policy(positions)
     batch_size = resolve_batch_size(batch_size, model)
     check_positive_int(max_texts_per_emotion, "max_texts_per_emotion", allow_none=True)
@@ -278,9 +277,9 @@ def extract_emotions(model: Model, corpus: Any = None, *, layers: Any = None,
     if not train.texts:
         raise InputError("no training texts were found for the requested emotions")
     groups = _group_index(corpus, names, train, permutation_groups, max_texts_per_emotion)
-    if shuffle_labels is not None:
-        train = LabelledTexts(train.texts,
-                              permuted_labels(train.labels, int(shuffle_labels), groups).tolist())
+    if label_permutation_seed is not None:
+        train = LabelledTexts(train.texts, permuted_labels(train.labels, int(label_permutation_seed),
+                                                           groups).tolist())
     neutral_texts = list(corpus_neutral if neutral is None else neutral)
     algo = get_method(method, **method_params)
     sites = require_block_sites(resolve_sites(model, layers))
@@ -377,7 +376,7 @@ def extract_emotions(model: Model, corpus: Any = None, *, layers: Any = None,
                                               batch_size, progress, padding_side, controls,
                                               compute_dtype, ctx), "split": "test"}
     reg = _finish(model, t0, unit, center, acc, sites, names, validation, default_layer, algo,
-                  policy, corpus_info, neutral_texts, moments, shuffle_labels, batch_size,
+                  policy, corpus_info, neutral_texts, moments, label_permutation_seed, batch_size,
                   resolved_dtype, max_texts_per_emotion, family, name, ctx)
     # the unit the label permutations moved: texts, or groups of texts from one source
     reg.metadata["permutation_groups"] = None if groups is None else len(set(groups))
