@@ -11,8 +11,9 @@
   probability of its own word after "They feel" more than any other emotion word, with a
   norm-matched random direction per emotion as the control (every emotion, every control and
   the unsteered baseline are rows of the same forward batches).
-- ``neutral_loss`` / ``neutral_kl``: what steering costs on neutral reference text (loss
-  while steered; KL from the unsteered next-token distribution).
+- ``neutral_loss`` / ``neutral_kl`` (``neutral_kls``: several conditions at once): what
+  steering costs on neutral reference text (loss while steered; KL from the unsteered
+  next-token distribution).
 
 What these establish: a change in judged emotion or word probability *caused by* the
 intervention (everything else is held fixed, greedy decoding by default). What they do not:
@@ -102,7 +103,7 @@ def sweep(model: Model, registry: Any, emotion: str, strengths: Sequence[float |
           judges: Sequence[Any] = ("emotion_words", "lexicon"), max_new_tokens: int = 40,
           layer: int | None = None, seed: int = 0, progress: bool = True,
           positions: Any = "all", do_sample: bool = False, words: Sequence[str] | None = None,
-          use_past_kv_cache: bool = True, batch_size: int = 32) -> pd.DataFrame:
+          use_past_kv_cache: bool = True, batch_size: int | None = 32) -> pd.DataFrame:
     """Steer toward ``emotion`` at each strength and judge the text (one row per prompt x
     strength).
 
@@ -126,7 +127,7 @@ def sweep(model: Model, registry: Any, emotion: str, strengths: Sequence[float |
     """
     values = _check_strengths(strengths)
     items = _prompts_list(prompts)
-    _check_batch_size(batch_size)
+    batch_size = resolve_batch_size(batch_size, model)
     if emotion not in registry.emotions:
         Steering(registry, {emotion: 1.0})  # raises SteeringError naming the emotion
     layer_used = registry.default_layer if layer is None else layer
@@ -165,12 +166,6 @@ def sweep(model: Model, registry: Any, emotion: str, strengths: Sequence[float |
     return df
 
 
-def _check_batch_size(batch_size: Any) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch_size={batch_size!r} must be a positive int (rows per forward "
-                         "or generate call)")
-
-
 def _padding_token(model: Model) -> int:
     """The id ``model.generate(stop_at_eos=True)`` writes into rows that have finished."""
     tok = getattr(model, "tokenizer", None)
@@ -188,7 +183,7 @@ def _padding_token(model: Model) -> int:
 def sweep_generations(model: Model, registry: Any, emotion: str, strengths: Sequence[float | int],
                       prompts: Any, *, layer: int | None = None, positions: Any = "all",
                       max_new_tokens: int = 40, do_sample: bool = False, seed: int | None = 0,
-                      use_past_kv_cache: bool = True, batch_size: int = 32,
+                      use_past_kv_cache: bool = True, batch_size: int | None = 32,
                       progress: bool = False) -> list[Any]:
     """The generations of ``sweep``: one ``Generation`` per strength (rows: the prompts), laid
     out as one ``generate(model, prompts, steering=Steering(registry, {emotion: s}, ...))`` call
@@ -201,7 +196,7 @@ def sweep_generations(model: Model, registry: Any, emotion: str, strengths: Sequ
 
     values = _check_strengths(strengths)
     items = _prompts_list(prompts)
-    _check_batch_size(batch_size)
+    batch_size = resolve_batch_size(batch_size, model)
     layer_used = registry.default_layer if layer is None else layer
     full = to_inputs(model, items, padding_side="left")  # the layout of every strength's rows
     n_p, prompt_len = len(items), int(full.tokens.shape[1])
@@ -450,7 +445,7 @@ def _logprobs(model: Model, batch: Any, steering: list[Steering]) -> torch.Tenso
 
 
 def neutral_loss(model: Model, steering: Any = None, texts: Any = None, *,
-                 batch_size: int = 8) -> float:
+                 batch_size: int | None = None) -> float:
     """Mean next-token cross-entropy (nats per token) on neutral reference text while
     ``steering`` (a ``Steering`` or list; None: unsteered) is active.
 
@@ -462,7 +457,7 @@ def neutral_loss(model: Model, steering: Any = None, texts: Any = None, *,
 
     steerings = _as_steerings(steering)
     total, count = 0.0, 0
-    for b in _token_batches(model, _neutral_texts(texts), batch_size):
+    for b in _token_batches(model, _neutral_texts(texts), resolve_batch_size(batch_size, model)):
         logp = _logprobs(model, b, steerings)
         mask = b.content_mask[:, 1:]
         nll = -logp.gather(-1, b.tokens[:, 1:, None])[..., 0]
@@ -471,20 +466,32 @@ def neutral_loss(model: Model, steering: Any = None, texts: Any = None, *,
     return total / max(count, 1)
 
 
-def neutral_kl(model: Model, steering: Any, texts: Any = None, *, batch_size: int = 8) -> float:
+def neutral_kl(model: Model, steering: Any, texts: Any = None, *,
+               batch_size: int | None = None) -> float:
     """Mean KL(unsteered || steered) of the next-token distribution over content tokens of
     neutral text (nats per token); Arditi et al. keep it below 0.1 when choosing an ablation
-    layer."""
+    layer. ``steering``: a ``Steering`` or a list of them active together."""
+    return neutral_kls(model, [steering], texts, batch_size=batch_size)[0]
+
+
+def neutral_kls(model: Model, conditions: Sequence[Any], texts: Any = None, *,
+                batch_size: int | None = None) -> list[float]:
+    """``neutral_kl`` of each of ``conditions`` (each a ``Steering``, a list of them, or None)
+    on the same texts, the unsteered distribution computed once per batch."""
     from emolens.generation import _as_steerings
 
-    steerings = _as_steerings(steering)
-    total, count = 0.0, 0
-    for b in _token_batches(model, _neutral_texts(texts), batch_size):
+    conds = [_as_steerings(c) for c in conditions]
+    items = _prompts_list(_neutral_texts(texts))
+    totals, count = [0.0] * len(conds), 0
+    for b in _token_batches(model, items,
+                            resolve_batch_size(batch_size, model)):
         p = _logprobs(model, b, [])
-        q = _logprobs(model, b, steerings)
         mask = b.content_mask[:, :-1] | b.content_mask[:, 1:]
         mask = b.attention_mask[:, :-1].bool() & b.attention_mask[:, 1:].bool() & mask
-        kl = (p.exp() * (p - q)).sum(-1)
-        total += float(kl[mask].sum())
+        pe = p.exp()
+        for i, steerings in enumerate(conds):
+            q = _logprobs(model, b, steerings)
+            totals[i] += float(((pe * (p - q)).sum(-1))[mask].sum())
+            del q
         count += int(mask.sum())
-    return total / max(count, 1)
+    return [t / max(count, 1) for t in totals]

@@ -553,6 +553,32 @@ def test_neutral_loss_and_kl(tiny, reg):
     assert abs(neutral_kl(tiny, Steering(reg, {"calm": 0.0}), texts)) < 1e-6
 
 
+def test_neutral_kls_equals_each_conditions_kl_and_a_manual_one(tiny, reg):
+    from emolens.steering.interventions import apply_steering
+    from emolens.steering.sweeps import neutral_kl, neutral_kls
+
+    texts = ["The train leaves at nine.", "Put the cups on the shelf, please."]
+    conds = [Steering(reg, {"calm": 5.0}, layers="all"), None,
+             [Steering(reg, {"calm": 2.0}), Steering(reg, {"calm": -1.0}, layers=[1])]]
+    many = neutral_kls(tiny, conds, texts, batch_size=1)
+    assert many == pytest.approx([neutral_kl(tiny, c, texts) for c in conds], abs=1e-6)
+    assert many[1] == pytest.approx(0.0, abs=1e-7) and many[0] > 0.01
+    b = to_inputs(tiny, texts)
+    with torch.no_grad():
+        p = tiny(b.tokens, **b.forward_kwargs())[:, :-1].log_softmax(-1)
+        h = apply_steering(tiny, [conds[0]])
+        try:
+            q = tiny(b.tokens, **b.forward_kwargs())[:, :-1].log_softmax(-1)
+        finally:
+            h.remove()
+    real = b.attention_mask[:, :-1].bool() & b.attention_mask[:, 1:].bool()
+    mask = real & (b.content_mask[:, :-1] | b.content_mask[:, 1:])
+    manual = float((p.exp() * (p - q)).sum(-1)[mask].mean())
+    assert many[0] == pytest.approx(manual, rel=1e-4)
+    with pytest.raises(emolens.errors.InputError, match="empty"):
+        neutral_kls(tiny, conds, [])
+
+
 # ---------------------------------------------------------------- command line
 def test_cli_parse_spec_and_export(tmp_path, reg, capsys):
     import argparse
@@ -809,7 +835,7 @@ def test_batched_sweep_equals_one_generate_per_strength(fixture, positions, batc
 def test_sweep_batch_size_is_checked(tiny, reg):
     from emolens.steering.sweeps import sweep
 
-    with pytest.raises(emolens.errors.InputError, match="batch_size=0"):
+    with pytest.raises(emolens.errors.InputError, match="batch_size must be a positive int.*got 0"):
         sweep(tiny, reg, "calm", [0.0], ["x"], batch_size=0, progress=False)
 
 
