@@ -27,7 +27,12 @@ from emolens.causality.ab import (
     load_shortcut_scenarios,
     score_ab,
 )
-from emolens.causality.ablation import AblationResult, ablation_scan, choose_layer
+from emolens.causality.ablation import (
+    AblationResult,
+    ablation_scan,
+    choose_layer,
+    massive_coordinates,
+)
 from emolens.causality.attribution import (
     DirectionAttribution,
     LogitEffects,
@@ -118,6 +123,7 @@ __all__ = [
     "kl_to_reference",
     "load_activities",
     "load_shortcut_scenarios",
+    "massive_coordinates",
     "logit_diff",
     "orthonormal_basis",
     "patch_attn_out",

@@ -18,6 +18,12 @@ per candidate layer, ablated the same way, is the placebo; the same selection ru
 to it, so its best change says how much the selection alone produces (picking the largest of
 several changes favours large ones).
 
+Massive activations (Sun et al. 2024): where the stream has coordinates of thousands (Gemma-3),
+``x . r`` is dominated by them for any ``r``, so projecting out even a random direction throws
+every other coordinate about. By default (``exclude_coordinates="massive"``) those coordinates,
+found by ``massive_coordinates`` on the neutral texts, are set to 0 in every direction and
+placebo before ablating; on models without them nothing changes.
+
 Default metric: on the bundled implicit scenarios of the emotion (user messages that imply it),
 the log-probability share of the emotion's word among the registry's emotion words after
 "How does the narrator feel? They feel" (``emolens.steering.judges.word_logprobs``).
@@ -106,6 +112,12 @@ class AblationResult:
             lead += (f" Among layers with KL < {self.kl_limit}, the direction of layer "
                      f"{self.chosen_layer} changes it most ({self.expect}): {ch}, KL "
                      f"{self.kl[self.layers.index(int(self.chosen_layer))]:.3g}.")
+        excl = self.settings.get("excluded_coordinates") or []
+        if excl:
+            cos = self.settings.get("direction_kept_cosine") or [1.0]
+            lead += (f" Coordinates {excl} were left out of every direction and placebo (set to 0, "
+                     f"renormalised); what was ablated keeps cosine {min(cos):.3f}-{max(cos):.3f} "
+                     f"with the registry's directions.")
         pc = self._at(self.placebo_chosen_layer, self.placebo_change)
         if pc is not None:
             lead += (f" Random directions ablated the same way, chosen by the same rule: {pc} "
@@ -162,45 +174,6 @@ class AblationResult:
 
 
 # ---------------------------------------------------------------------------- pieces
-def _kl_many(model: Model, steerings: Sequence[Any], texts: Any, batch_size: int) -> list[float]:
-    """Mean KL(unsteered || steered) over content tokens of ``texts`` for each steering; the
-    unsteered distribution is computed once per batch."""
-    from emolens.runtime import model_device
-    from emolens.steering.interventions import apply_steering
-    from emolens.tokens import to_inputs
-
-    items = list(texts)
-    if not items:
-        raise CausalityError("no neutral texts for the KL; pass neutral= (strings or "
-                             "conversations)")
-    dev = model_device(model)
-
-    def logprobs(b: Any, s: Any) -> torch.Tensor:
-        handle = apply_steering(model, [s]) if s is not None else None
-        try:
-            with torch.no_grad():
-                logits = model(b.tokens, return_type="logits", **b.forward_kwargs())
-        finally:
-            if handle is not None:
-                handle.remove()
-        return logits[:, :-1].float().log_softmax(-1)
-
-    totals = [0.0] * len(steerings)
-    count = 0
-    for start in range(0, len(items), batch_size):
-        b = to_inputs(model, items[start:start + batch_size]).to(dev)
-        p = logprobs(b, None)
-        mask = b.content_mask[:, :-1] | b.content_mask[:, 1:]
-        mask = b.attention_mask[:, :-1].bool() & b.attention_mask[:, 1:].bool() & mask
-        pe = p.exp()
-        for i, s in enumerate(steerings):
-            q = logprobs(b, s)
-            totals[i] += float(((pe * (p - q)).sum(-1))[mask].sum())
-            del q
-        count += int(mask.sum())
-    return [t / max(count, 1) for t in totals]
-
-
 def scenario_prompts(emotion: str) -> list[str]:
     """The user messages of the bundled implicit scenarios of ``emotion``."""
     from emolens.stimuli.corpus import load_corpus
@@ -217,6 +190,63 @@ def scenario_prompts(emotion: str) -> list[str]:
     return out
 
 
+def massive_coordinates(model: Model, texts: Any = None, *, layers: Sequence[int] | None = None,
+                        threshold: float = 100.0, ratio: float = 1000.0, n_texts: int = 8,
+                        batch_size: int | None = None) -> list[int]:
+    """The residual-stream coordinates that carry massive activations (Sun et al. 2024): those
+    ``i`` for which, at some ``blocks.{l}.hook_resid_post`` of ``layers`` (default: all) and
+    some real token of ``texts``, ``|x_i| > threshold`` and ``|x_i| > ratio x`` the median
+    ``|x_j|`` of that token's vector (Sun et al.'s "larger than 100 and about 1,000 times the
+    median"). Default texts: the first ``n_texts`` bundled neutral dialogues. An empty list for
+    a model without them (SmolLM2 and Qwen2.5-Coder at these settings; Gemma-3 has one)."""
+    from emolens.compat import cache_to_layer
+    from emolens.runtime import model_device, resolve_batch_size
+    from emolens.tokens import to_inputs
+
+    if not (threshold > 0 and ratio > 0):
+        raise CausalityError(f"threshold and ratio must be positive, got {threshold!r}, "
+                             f"{ratio!r}")
+    n_layers = int(model.cfg.n_layers)
+    lays = list(range(n_layers)) if layers is None else [int(x) for x in layers]
+    bad = [x for x in lays if not 0 <= x < n_layers]
+    if bad or not lays:
+        raise CausalityError(f"layers must be in 0..{n_layers - 1}, got {layers!r}")
+    if texts is None:
+        from emolens.stimuli.corpus import load_corpus
+
+        texts = [list(r.messages or []) for r in load_corpus().neutral[:n_texts]]
+    items = list(texts)
+    if not items:
+        raise CausalityError("no texts to look for massive activations in; pass texts=")
+    names = [f"blocks.{x}.hook_resid_post" for x in lays]
+    bs, dev = resolve_batch_size(batch_size, model), model_device(model)
+    found: set[int] = set()
+    for start in range(0, len(items), bs):
+        b = to_inputs(model, items[start:start + bs]).to(dev)
+        with torch.no_grad():
+            cache = cache_to_layer(model, b.tokens, names, max(lays) + 1, **b.forward_kwargs())
+        real = b.attention_mask.bool()
+        for name in names:
+            a = cache[name].float().abs()[real]  # [n_tokens, d_model]
+            med = a.median(-1, keepdim=True).values
+            hit = (a > threshold) & (a > ratio * med)
+            found.update(int(i) for i in hit.any(0).nonzero().flatten())
+    return sorted(found)
+
+
+def _without(vector: torch.Tensor, coordinates: Sequence[int]) -> torch.Tensor:
+    """``vector`` with ``coordinates`` set to 0, renormalised to unit length."""
+    v = vector.detach().float().clone()
+    v = v / v.norm()
+    if coordinates:
+        v[list(coordinates)] = 0.0
+    n = v.norm()
+    if not n > 0:
+        raise CausalityError(f"the direction lies entirely in the excluded coordinates "
+                             f"{list(coordinates)}; exclude fewer")
+    return v / n
+
+
 def _ablation(vector: torch.Tensor, layer: int, mode: str) -> Any:
     from emolens.steering.interventions import Steering
 
@@ -231,6 +261,7 @@ def ablation_scan(model: Model, registry: Any, emotion: str, *, prompts: Sequenc
                   neutral: Any = None, n_neutral: int = 8, kl_limit: float = 0.1,
                   expect: str = "decrease", placebo: bool = True, placebo_seed: int = 0,
                   seed: int = 0, batch_size: int | None = None, kl_batch_size: int = 4,
+                  exclude_coordinates: Sequence[int] | str | None = "massive",
                   progress: bool = False) -> AblationResult:
     """Arditi et al.'s layer selection for one emotion direction (see the module docstring).
 
@@ -239,12 +270,20 @@ def ablation_scan(model: Model, registry: Any, emotion: str, *, prompts: Sequenc
     default, a callable ``metric(model) -> [n_prompts]`` values, evaluated with whatever
     ablation hook is on the model (once unablated, once per candidate). ``neutral``: neutral
     texts or conversations for the KL (default: the first ``n_neutral`` neutral dialogues of the
-    bundled corpus). ``expect``: which change counts as the effect.
+    bundled corpus). ``expect``: which change counts as the effect. ``exclude_coordinates``:
+    residual-stream coordinates that neither the directions nor the placebos may touch (each
+    vector has them set to 0 and is renormalised); ``"massive"`` (the default) for
+    ``massive_coordinates(model, neutral)``, none on a model without massive activations; None
+    for Arditi et al.'s ablation as it stands. On a model whose stream has a massive coordinate
+    (Gemma-3), projecting out any direction moves every other coordinate by that one's weight,
+    so even a random direction wrecks the model. The result records the coordinates and each
+    direction's cosine with what is ablated.
     """
     from tqdm.auto import tqdm
 
     from emolens.steering.interventions import apply_steering, random_direction
     from emolens.steering.judges import question_context, word_logprobs
+    from emolens.steering.sweeps import neutral_kls
 
     if mode not in MODES:
         raise CausalityError(f"mode must be one of {MODES}, got {mode!r}")
@@ -258,15 +297,18 @@ def ablation_scan(model: Model, registry: Any, emotion: str, *, prompts: Sequenc
         registry.site(layer)
     vecs = [registry.vector(emotion, layer) for layer in cand]
     d = registry.d_model
-    conds = [_ablation(v, layer, mode) for v, layer in zip(vecs, cand)]
-    pconds = ([_ablation(random_direction(d, seed=placebo_seed + layer), layer, mode)
-               for layer in cand] if placebo else [])
-    all_conds = conds + pconds
     if neutral is None:
         from emolens.stimuli.corpus import load_corpus
 
         neutral = [list(r.messages or []) for r in load_corpus().neutral[:n_neutral]]
     neutral = list(neutral)
+    excluded = _excluded(model, exclude_coordinates, neutral, d, batch_size)
+    kept = [_without(v, excluded) for v in vecs]
+    kept_cos = [float(torch.dot(k, v.float() / v.float().norm())) for k, v in zip(kept, vecs)]
+    conds = [_ablation(v, layer, mode) for v, layer in zip(kept, cand)]
+    pconds = ([_ablation(_without(random_direction(d, seed=placebo_seed + layer), excluded),
+                         layer, mode) for layer in cand] if placebo else [])
+    all_conds = conds + pconds
     if metric is None:
         items = list(prompts) if prompts is not None else scenario_prompts(emotion)
         words = list(registry.emotions)
@@ -295,7 +337,7 @@ def ablation_scan(model: Model, registry: Any, emotion: str, *, prompts: Sequenc
                                  f"{values.shape[1:]}")
         n_p = values.shape[1]
         name = str(metric_name or getattr(metric, "__name__", "metric"))
-    kls = _kl_many(model, all_conds, neutral, kl_batch_size)
+    kls = neutral_kls(model, all_conds, neutral, batch_size=kl_batch_size)
     base = values[0]
     changes = [paired_difference(values[1 + i], base, seed=seed) for i in range(len(all_conds))]
     ch, pch = changes[:len(cand)], changes[len(cand):] or None
@@ -307,7 +349,27 @@ def ablation_scan(model: Model, registry: Any, emotion: str, *, prompts: Sequenc
                           pchosen, float(kl_limit), expect, name, float(base.mean()), int(n_p),
                           len(neutral), {"placebo_seed": placebo_seed,
                                          "positions": "all", "kl_definition": "KL(unablated || ablated), "
-                                         "content tokens of neutral dialogues"})
+                                         "content tokens of neutral dialogues",
+                                         "excluded_coordinates": excluded,
+                                         "direction_kept_cosine": kept_cos})
 
 
-__all__ = ["AblationResult", "MODES", "ablation_scan", "choose_layer", "scenario_prompts"]
+def _excluded(model: Model, spec: Sequence[int] | str | None, neutral: list[Any], d: int,
+              batch_size: int | None) -> list[int]:
+    """The coordinates ``exclude_coordinates`` names: none, ``"massive"``, or indices."""
+    if spec is None:
+        return []
+    if isinstance(spec, str):
+        if spec != "massive":
+            raise CausalityError(f"exclude_coordinates must be None, 'massive' or coordinate "
+                                 f"indices, got {spec!r}")
+        return massive_coordinates(model, neutral, batch_size=batch_size)
+    out = sorted({int(i) for i in spec})
+    bad = [i for i in out if not 0 <= i < d]
+    if bad:
+        raise CausalityError(f"exclude_coordinates {bad} are outside 0..{d - 1} (d_model {d})")
+    return out
+
+
+__all__ = ["AblationResult", "MODES", "ablation_scan", "choose_layer", "massive_coordinates",
+           "scenario_prompts"]

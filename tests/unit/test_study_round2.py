@@ -251,6 +251,77 @@ def test_ablation_scan_default_metric_runs_and_null_direction_is_small(tiny):
         ablation_scan(tiny, reg, "calm", mode="everywhere")
 
 
+def _massive_tiny(coordinate=5, value=1e4):
+    """A tiny model whose residual stream carries one massive coordinate from block 0 on (as
+    Gemma-3's does): every token's embedding carries ``value`` there."""
+    from emolens.testing import tiny_model
+
+    m = tiny_model(arch="native", n_layers=4, d_model=64, seed=0)
+    with torch.no_grad():
+        m.embed.W_E[:, coordinate] += value
+    return m
+
+
+def test_massive_coordinates_finds_a_planted_one_and_none_in_a_plain_model(tiny):
+    from emolens.causality.ablation import massive_coordinates
+
+    texts = ["Some neutral text here.", "The train left at noon."]
+    assert massive_coordinates(tiny, texts) == []
+    assert massive_coordinates(_massive_tiny(5), texts) == [5]
+    assert massive_coordinates(_massive_tiny(17, 2000.0), texts, layers=[2]) == [17]
+    # the two bounds: 150 is above 100 but not 1000x this stream's median |x_j| (about 0.3)
+    assert massive_coordinates(_massive_tiny(17, 150.0), texts) == []
+    assert massive_coordinates(_massive_tiny(17, 150.0), texts, ratio=100.0) == [17]
+    # and 60 is below the absolute bound of 100, however far above the median
+    assert massive_coordinates(_massive_tiny(17, 60.0), texts, ratio=10.0) == []
+    with pytest.raises(Exception, match="layers must be in 0..3"):
+        massive_coordinates(tiny, texts, layers=[4])
+
+
+def test_ablation_excluding_the_massive_coordinate_removes_the_placebos_damage():
+    from emolens.causality.ablation import CausalityError, ablation_scan
+
+    m = _massive_tiny(5)
+    reg = _registry(m)
+    toks = m.to_tokens(["I sat by the lake.", "The room was quiet."])
+    last = f"blocks.{m.cfg.n_layers - 1}.hook_resid_post"
+    others = [i for i in range(64) if i != 5]
+
+    def rest_norm(model):  # the size of the stream outside the massive coordinate, per prompt
+        store = {}
+
+        def grab(x, hook):
+            store["x"] = x.detach()
+        with model.hooks(fwd_hooks=[(last, grab)]):
+            model(toks, return_type="logits")
+        return store["x"][:, -1, others].norm(dim=-1)
+
+    kw = {"metric": rest_norm, "layers": [1, 2],
+          "neutral": ["Some neutral text here.", "The train left at noon."]}
+    plain = ablation_scan(m, reg, "calm", exclude_coordinates=None, **kw)
+    kept = ablation_scan(m, reg, "calm", **kw)  # the default: "massive"
+    # projecting out a random unit direction r moves every coordinate by (x . r) r_i, and
+    # x . r carries the massive coordinate's weight (r_5 x 10^4): the rest of the stream is
+    # thrown about; with the coordinate left out of r it moves by ordinary amounts
+    base = plain.baseline
+    assert min(abs(e.value) for e in plain.placebo_change) > 10 * base
+    assert max(abs(e.value) for e in kept.placebo_change) < base
+    assert kept.settings["excluded_coordinates"] == [5]
+    for layer, cos in zip(kw["layers"], kept.settings["direction_kept_cosine"]):
+        v = reg.vector("calm", layer).float()
+        v = v / v.norm()
+        assert cos == pytest.approx(float((1 - v[5] ** 2).sqrt()), abs=1e-5)
+    assert "Coordinates [5] were left out" in kept.statement
+    assert plain.settings["excluded_coordinates"] == [] and "left out" not in plain.statement
+    explicit = ablation_scan(m, reg, "calm", exclude_coordinates=[5], **kw)
+    assert [e.value for e in explicit.placebo_change] == pytest.approx(
+        [e.value for e in kept.placebo_change], rel=1e-5)
+    with pytest.raises(CausalityError, match="'massive'"):
+        ablation_scan(m, reg, "calm", exclude_coordinates="outliers", **kw)
+    with pytest.raises(CausalityError, match=r"\[64\] are outside 0..63"):
+        ablation_scan(m, reg, "calm", exclude_coordinates=[3, 64], **kw)
+
+
 # ------------------------------------------------------------------------------ reply prediction
 def test_compare_predictors_finds_the_planted_predictor_and_a_null_stays_null():
     from emolens.readout.reply_prediction import compare_predictors
