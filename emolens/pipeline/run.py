@@ -542,7 +542,7 @@ def _section_causality(ctx: RunContext) -> None:
 # CPU cores; "full": the complete data sets (for a GPU). None = the library's default (all).
 STUDY_SIZES: dict[str, dict[str, Any]] = {
     "quick": {"detection_emotions": "core", "detection_resamples": 500,
-              "score_emotion": "happy", "score_strengths": (0.0, 0.4), "score_prompts": 4,
+              "score_emotion": ("desperate", "afraid"), "score_strengths": (0.0, 0.4), "score_prompts": 4,
               "score_tokens": 12, "ablation_emotion": "happy", "ablation_words": "core",
               "ablation_layers": 2, "ablation_neutral": 2, "reply_prompts": 8,
               "reply_tokens": 8, "reply_layers": 2, "syc_items": 2, "syc_random": 1,
@@ -550,7 +550,7 @@ STUDY_SIZES: dict[str, dict[str, Any]] = {
               "speaker_emotions": "core", "speaker_dialogues": 2, "speaker_positions": 4,
               "speaker_neutral": 16, "speaker_shuffled": 5, "speaker_heldout": False},
     "run": {"detection_emotions": "core", "detection_resamples": 1000,
-            "score_emotion": "happy", "score_strengths": (0.0, 0.1, 0.2, 0.4),
+            "score_emotion": ("desperate", "afraid"), "score_strengths": (0.0, 0.1, 0.2, 0.4),
             "score_prompts": 8, "score_tokens": 16, "ablation_emotion": "happy",
             "ablation_words": "core", "ablation_layers": 3, "ablation_neutral": 4,
             "reply_prompts": 24, "reply_tokens": 24, "reply_layers": 5, "syc_items": 8,
@@ -559,7 +559,7 @@ STUDY_SIZES: dict[str, dict[str, Any]] = {
             "speaker_dialogues": 4, "speaker_positions": 4, "speaker_neutral": 32,
             "speaker_shuffled": 5, "speaker_heldout": False},
     "full": {"detection_emotions": None, "detection_resamples": 2000,
-             "score_emotion": "happy", "score_strengths": (0.0, 0.05, 0.1, 0.2, 0.4),
+             "score_emotion": ("desperate", "afraid"), "score_strengths": (0.0, 0.05, 0.1, 0.2, 0.4),
              "score_prompts": 32, "score_tokens": 32, "ablation_emotion": "happy",
              "ablation_words": None, "ablation_layers": None, "ablation_neutral": 8,
              "reply_prompts": None, "reply_tokens": 40, "reply_layers": None, "syc_items": None,
@@ -600,9 +600,14 @@ def _spread_layers(layers: Sequence[int], default: int, k: int | None) -> list[i
     return sorted(set(pick))
 
 
-def _pick_emotion(reg: Any, wanted: str) -> str:
+def _pick_emotion(reg: Any, wanted: str | Sequence[str]) -> str:
+    """The first of ``wanted`` (one name or names in order of preference) that the registry
+    holds; else its first core emotion (else its first emotion)."""
+    for name in ((wanted,) if isinstance(wanted, str) else tuple(wanted)):
+        if name in reg.emotions:
+            return name
     emos = [e for e in CORE_EMOTIONS if e in reg.emotions] or list(reg.emotions)
-    return wanted if wanted in reg.emotions else emos[0]
+    return emos[0]
 
 
 def _section_detection(ctx: RunContext) -> None:

@@ -79,7 +79,7 @@ def test_study_sections_have_sane_values(study_ctx):
     assert det["n_texts"] == sum(v["n_positive"] for v in det["per_emotion"].values())
 
     sc = r["steering_score"]
-    assert sc["emotion"] == "happy" and sc["strengths"] == [0.0, 0.4] and sc["n_prompts"] == 2
+    assert sc["emotion"] == "desperate" and sc["strengths"] == [0.0, 0.4] and sc["n_prompts"] == 2
     assert [row["strength"] for row in sc["by_strength"]] == [0.0, 0.4]
     assert all(0.0 <= row["score"] <= 2.0 and row["n"] == 2 for row in sc["by_strength"])
     assert sc["best_strength"] in (0.0, 0.4) and "placebo" in sc
@@ -101,6 +101,17 @@ def test_study_sections_have_sane_values(study_ctx):
     assert sy["positive"] == ["happy"] and sy["negative"] == ["desperate"]
     conds = {e["condition"] for e in sy["effects"]}
     assert {"+happy", "-happy", "+desperate", "random"} <= conds
+
+
+def test_pick_emotion_takes_the_first_preference_the_registry_holds():
+    class Reg:
+        emotions = ["calm", "afraid", "happy"]
+
+    assert R._pick_emotion(Reg(), ("desperate", "afraid")) == "afraid"
+    assert R._pick_emotion(Reg(), "calm") == "calm"
+    # none of the preferences: the registry's first core emotion, in the study's order
+    assert R._pick_emotion(Reg(), ("desperate",)) == "happy"
+    assert R.STUDY_SIZES["run"]["score_emotion"][0] == "desperate"
 
 
 def test_speaker_section_reports_real_placebo_and_shuffled_controls(study_ctx):
