@@ -198,7 +198,8 @@ def massive_coordinates(model: Model, texts: Any = None, *, layers: Sequence[int
     some real token of ``texts``, ``|x_i| > threshold`` and ``|x_i| > ratio x`` the median
     ``|x_j|`` of that token's vector (Sun et al.'s "larger than 100 and about 1,000 times the
     median"). Default texts: the first ``n_texts`` bundled neutral dialogues. An empty list for
-    a model without them (SmolLM2 and Qwen2.5-Coder at these settings; Gemma-3 has one)."""
+    a model without them (SmolLM2-135M and Qwen2.5-Coder on 4 neutral dialogues; Gemma-3-270M
+    has three)."""
     from emolens.compat import cache_to_layer
     from emolens.runtime import model_device, resolve_batch_size
     from emolens.tokens import to_inputs

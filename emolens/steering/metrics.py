@@ -304,6 +304,18 @@ def concept_judge(inp: JudgeInput) -> dict[str, list[float]]:
     return {"concept_share": share.tolist(), "concept_rank": rank.float().tolist()}
 
 
+def concept_judge_under(judge_model: Model) -> Any:
+    """``concept_judge`` read under ``judge_model`` instead of the steered model's unsteered
+    self: the same question, candidate words and columns, the texts re-tokenised by the judge
+    (e.g. one larger catalogue model judging the generations of every model of a ladder)."""
+    from dataclasses import replace
+
+    def judge(inp: JudgeInput) -> dict[str, list[float]]:
+        return concept_judge(replace(inp, model=judge_model))
+    judge.__name__ = "concept_judge"
+    return judge
+
+
 def relevance_judge(inp: JudgeInput) -> dict[str, list[float]]:
     """Per reply, PMI with its own prompt against the next prompt of the batch (cyclic), under
     the unsteered model: ``mean_t log P(reply_t | own) - log P(reply_t | other)``, nats/token."""
@@ -509,7 +521,11 @@ class SteeringScoreResult:
             lead += (f" A random direction of the same norm: best score {float(pt.score.max()):.2f}"
                      f", anti-steerable {self.placebo.anti_steerable.value:.0%}, slope "
                      f"{self.placebo.slope}.")
-        return lead + (" Judges: the unsteered model's emotion-word reading (concept), its "
+        cm = self.settings.get("concept_model")
+        concept = ("the unsteered model's emotion-word reading (concept)"
+                   if cm in (None, "the steered model, unsteered")
+                   else f"{cm}'s emotion-word reading (concept)")
+        return lead + (f" Judges: {concept}, the unsteered model's "
                        "PMI of reply and prompt (relevance) and its perplexity (fluency); none "
                        "reads the steered direction. Not established: agreement with human or "
                        "LLM ratings, or effects on other prompts. Rule: " + self.rules.describe())
@@ -573,6 +589,7 @@ def steering_score(model: Model, registry: Any, emotion: str,
                    words: Sequence[str] | None = None, placebo: bool = True,
                    placebo_seed: int = 0, rules: ScoreRules = ScoreRules(), seed: int = 0,
                    positions: Any = "all", batch_size: int = 32,
+                   concept_model: Model | str | None = None,
                    progress: bool = False) -> SteeringScoreResult:
     """The AxBench-style steering score of ``emotion`` per strength, its best strength, and the
     anti-steerable fraction (Tan et al.), beside a random direction of equal norm.
@@ -580,8 +597,10 @@ def steering_score(model: Model, registry: Any, emotion: str,
     ``strengths`` (units of the site's mean residual norm) must include 0. ``prompts``: default
     the user turns of the first 12 neutral dialogues of the bundled corpus, as conversations.
     Generations are greedy (``sweep``), ``max_new_tokens`` each; ``words``: candidate emotion
-    words of the concept judge (default the registry's emotions). See the module docstring for
-    the judges and the rule.
+    words of the concept judge (default the registry's emotions). ``concept_model``: the model
+    the concept judge reads under (a loaded model, or a catalogue name loaded where installed;
+    default None: the steered model itself, unsteered); relevance and fluency stay under the
+    steered model. See the module docstring for the judges and the rule.
     """
     from emolens.steering.sweeps import sweep
 
@@ -599,7 +618,16 @@ def steering_score(model: Model, registry: Any, emotion: str,
         prompts = default_prompts()
     layer_used = registry.default_layer if layer is None else int(layer)
     cand = list(words) if words is not None else list(registry.emotions)
-    judges = [concept_judge, relevance_judge]
+    judge_name, judge_model = None, None
+    if isinstance(concept_model, str):
+        from emolens.steering.judges import load_judge_model
+
+        judge_name, judge_model = concept_model, load_judge_model(concept_model)
+    elif concept_model is not None:
+        judge_model = concept_model
+        judge_name = str(getattr(judge_model.cfg, "model_name", type(judge_model).__name__))
+    judges = [concept_judge if judge_model is None else concept_judge_under(judge_model),
+              relevance_judge]
     kw = dict(judges=judges, max_new_tokens=max_new_tokens, layer=layer_used, seed=seed,
               progress=progress, positions=positions, words=cand, batch_size=batch_size)
     df = score_generations(sweep(model, registry, emotion, vals, prompts, **kw), rules)
@@ -612,7 +640,8 @@ def steering_score(model: Model, registry: Any, emotion: str,
     return SteeringScoreResult(emotion, layer_used, vals, df, summ, pdf, psum, rules,
                                {"max_new_tokens": max_new_tokens, "positions": str(positions),
                                 "n_candidate_words": len(cand), "placebo_seed": placebo_seed,
-                                "decoding": "greedy"})
+                                "decoding": "greedy",
+                                "concept_model": judge_name or "the steered model, unsteered"})
 
 
 def default_prompts(n: int = 12) -> list[list[dict[str, str]]]:
@@ -633,7 +662,7 @@ def default_prompts(n: int = 12) -> list[list[dict[str, str]]]:
 
 __all__ = [
     "DetectionResult", "ScoreRules", "ScoreSummary", "SteeringScoreResult", "auc_interval",
-    "concept_judge", "continuation_logprob", "default_prompts", "detection_auc",
+    "concept_judge", "concept_judge_under", "continuation_logprob", "default_prompts", "detection_auc",
     "harmonic_score", "per_prompt_slopes", "relevance_judge", "roc_auc", "score_generations",
     "steering_score", "summarise_scores",
 ]

@@ -180,6 +180,36 @@ def test_steering_score_end_to_end_on_a_tiny_model(tiny):
         M.steering_score(tiny, reg, "calm", [0.1, 0.2], prompts)
 
 
+def test_steering_score_concept_judge_under_another_model(tiny, tiny_llama):
+    from emolens.steering.judges import question_context, word_logprobs
+
+    reg = _registry(tiny)
+    prompts = [[{"role": "user", "content": t}] for t in ("Say hi", "Count to 3")]
+    words = ["calm", "happy", "desperate"]
+    kw = {"max_new_tokens": 4, "words": words, "placebo": False}
+    own = M.steering_score(tiny, reg, "calm", [0.0, 0.5], prompts, **kw)
+    other = M.steering_score(tiny, reg, "calm", [0.0, 0.5], prompts, concept_model=tiny_llama,
+                             **kw)
+    f, g = own.frame, other.frame
+    assert list(f.text) == list(g.text)  # the same generations ...
+    assert np.allclose(f.relevance_pmi, g.relevance_pmi) and np.allclose(f.perplexity,
+                                                                         g.perplexity)
+    # ... their concept read under the judge: the word share after the judge's own question
+    ctx = [question_context(tiny_llama, prompts[int(i)], t)
+           for i, t in zip(g.prompt_index, g.text)]
+    lp = word_logprobs(tiny_llama, ctx, words)
+    share = lp[:, 0] - torch.logsumexp(lp, -1)
+    assert np.allclose(g.concept_share, share.numpy(), atol=1e-4)
+    assert not np.allclose(f.concept_share, g.concept_share, atol=1e-3)
+    assert other.settings["concept_model"] != own.settings["concept_model"]
+    assert "unsteered model's emotion-word reading (concept)" in own.statement
+    assert "emotion-word reading (concept)" in other.statement
+    assert "unsteered model's emotion-word reading (concept)" not in other.statement
+    with pytest.raises(Exception, match="not-a-model"):
+        M.steering_score(tiny, reg, "calm", [0.0, 0.5], prompts, concept_model="not-a-model",
+                         **kw)
+
+
 def test_continuation_logprob_matches_a_manual_forward(tiny):
     pre, cont = [1, 70, 71, 72], [73, 74]
     got = M.continuation_logprob(tiny, [pre, pre[:2]], [cont, cont])
