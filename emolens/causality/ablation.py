@@ -348,11 +348,12 @@ def ablation_scan(model: Model, registry: Any, emotion: str, *, prompts: Sequenc
                if pch is not None and pkl is not None else None)
     return AblationResult(emotion, mode, [int(x) for x in cand], ch, kl, pch, pkl, chosen,
                           pchosen, float(kl_limit), expect, name, float(base.mean()), int(n_p),
-                          len(neutral), {"placebo_seed": placebo_seed,
-                                         "positions": "all", "kl_definition": "KL(unablated || ablated), "
-                                         "content tokens of neutral dialogues",
-                                         "excluded_coordinates": excluded,
-                                         "direction_kept_cosine": kept_cos})
+                          len(neutral), {
+                              "placebo_seed": placebo_seed, "positions": "all",
+                              "kl_definition": "KL(unablated || ablated), content tokens of "
+                                               "neutral dialogues",
+                              "excluded_coordinates": excluded,
+                              "direction_kept_cosine": kept_cos})
 
 
 def _excluded(model: Model, spec: Sequence[int] | str | None, neutral: list[Any], d: int,

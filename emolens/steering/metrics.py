@@ -662,7 +662,7 @@ def default_prompts(n: int = 12) -> list[list[dict[str, str]]]:
 
 __all__ = [
     "DetectionResult", "ScoreRules", "ScoreSummary", "SteeringScoreResult", "auc_interval",
-    "concept_judge", "concept_judge_under", "continuation_logprob", "default_prompts", "detection_auc",
-    "harmonic_score", "per_prompt_slopes", "relevance_judge", "roc_auc", "score_generations",
-    "steering_score", "summarise_scores",
+    "concept_judge", "concept_judge_under", "continuation_logprob", "default_prompts",
+    "detection_auc", "harmonic_score", "per_prompt_slopes", "relevance_judge", "roc_auc",
+    "score_generations", "steering_score", "summarise_scores",
 ]
