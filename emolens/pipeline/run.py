@@ -543,6 +543,7 @@ def _section_causality(ctx: RunContext) -> None:
 STUDY_SIZES: dict[str, dict[str, Any]] = {
     "quick": {"detection_emotions": "core", "detection_resamples": 500,
               "score_emotion": ("desperate", "afraid"), "score_concept_model": None,
+              "score_judge_control": True,
               "score_strengths": (0.0, 0.4), "score_prompts": 4,
               "score_tokens": 12, "ablation_emotion": "happy", "ablation_words": "core",
               "ablation_layers": 2, "ablation_neutral": 2, "reply_prompts": 8,
@@ -552,7 +553,7 @@ STUDY_SIZES: dict[str, dict[str, Any]] = {
               "speaker_neutral": 16, "speaker_shuffled": 5, "speaker_heldout": False},
     "run": {"detection_emotions": "core", "detection_resamples": 1000,
             "score_emotion": ("desperate", "afraid"), "score_concept_model": None,
-            "score_strengths": (0.0, 0.1, 0.2, 0.4),
+            "score_judge_control": True, "score_strengths": (0.0, 0.1, 0.2, 0.4),
             "score_prompts": 8, "score_tokens": 16, "ablation_emotion": "happy",
             "ablation_words": "core", "ablation_layers": 3, "ablation_neutral": 4,
             "reply_prompts": 24, "reply_tokens": 24, "reply_layers": 5, "syc_items": 8,
@@ -562,7 +563,7 @@ STUDY_SIZES: dict[str, dict[str, Any]] = {
             "speaker_shuffled": 5, "speaker_heldout": False},
     "full": {"detection_emotions": None, "detection_resamples": 2000,
              "score_emotion": ("desperate", "afraid"), "score_concept_model": None,
-             "score_strengths": (0.0, 0.05, 0.1, 0.2, 0.4),
+             "score_judge_control": True, "score_strengths": (0.0, 0.05, 0.1, 0.2, 0.4),
              "score_prompts": 32, "score_tokens": 32, "ablation_emotion": "happy",
              "ablation_words": None, "ablation_layers": None, "ablation_neutral": 8,
              "reply_prompts": None, "reply_tokens": 40, "reply_layers": None, "syc_items": None,
@@ -643,7 +644,8 @@ def _section_steering_score(ctx: RunContext) -> None:
     prompts = default_prompts(sz["score_prompts"]) if sz["score_prompts"] else default_prompts()
     res = steering_score(ctx.model, reg, emotion, list(sz["score_strengths"]), prompts,
                          max_new_tokens=sz["score_tokens"], words=words, seed=ctx.config.seed,
-                         concept_model=sz["score_concept_model"], progress=ctx.config.progress)
+                         concept_model=sz["score_concept_model"],
+                         judge_control=sz["score_judge_control"], progress=ctx.config.progress)
     ctx.results["steering_score"] = {**res.to_dict(), "n_prompts": len(prompts),
                                      "candidate_words": words or list(reg.emotions),
                                      "sizes": _sizes_record(sz)}

@@ -33,8 +33,10 @@ _NAMES = {
     "register_judge": "emolens.steering.judges",
     "word_logprobs": "emolens.steering.judges",
     "DetectionResult": "emolens.steering.metrics",
+    "JudgeRecall": "emolens.steering.metrics",
     "ScoreRules": "emolens.steering.metrics",
     "SteeringScoreResult": "emolens.steering.metrics",
+    "concept_judge_recall": "emolens.steering.metrics",
     "detection_auc": "emolens.steering.metrics",
     "steering_score": "emolens.steering.metrics",
     "POSITION_NAMES": "emolens.steering.positions",
@@ -79,8 +81,10 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from emolens.steering.metrics import (
         DetectionResult,
+        JudgeRecall,
         ScoreRules,
         SteeringScoreResult,
+        concept_judge_recall,
         detection_auc,
         steering_score,
     )

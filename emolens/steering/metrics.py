@@ -521,6 +521,12 @@ class SteeringScoreResult:
             lead += (f" A random direction of the same norm: best score {float(pt.score.max()):.2f}"
                      f", anti-steerable {self.placebo.anti_steerable.value:.0%}, slope "
                      f"{self.placebo.slope}.")
+        rec = self.settings.get("concept_judge_recall")
+        if rec:
+            own = rec["per_emotion"].get(self.emotion)
+            lead += " " + rec["statement"] + (
+                f" For {self.emotion!r} itself: top 3 in {own['top3']} of {own['n']} stories."
+                if own else f" The corpus has no such stories of {self.emotion!r}.")
         cm = self.settings.get("concept_model")
         concept = ("the unsteered model's emotion-word reading (concept)"
                    if cm in (None, "the steered model, unsteered")
@@ -583,13 +589,93 @@ def _placebo_registry(registry: Any, emotion: str, layer: int, seed: int) -> Any
                            name="random-placebo")
 
 
+@dataclass
+class JudgeRecall:
+    """How well the concept judge recognises each emotion where it is plainly there: held-out
+    stories of the candidate emotions, each read as the reply to a neutral prompt and judged
+    like a generation (``concept_judge_recall``)."""
+
+    judge: str
+    words: list[str]
+    top1: Estimate
+    top3: Estimate
+    per_emotion: dict[str, dict[str, int]]
+    source: str
+
+    @property
+    def statement(self) -> str:
+        k = len(self.words)
+        return (f"Positive control of the concept judge ({self.judge}): on {self.top1.n} "
+                f"{self.source}, each read as the reply to a neutral prompt, the story's own "
+                f"emotion is the judge's first of {k} words for {self.top1.value:.0%} "
+                f"[{self.top1.low:.0%}, {self.top1.high:.0%}] (chance {1 / k:.0%}) and in its "
+                f"top 3 for {self.top3.value:.0%} [{self.top3.low:.0%}, {self.top3.high:.0%}] "
+                f"(chance {min(3, k) / k:.0%}).")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"judge": self.judge, "words": self.words, "top1": self.top1.to_dict(),
+                "top3": self.top3.to_dict(), "per_emotion": self.per_emotion,
+                "source": self.source, "statement": self.statement}
+
+
+def concept_judge_recall(model: Model, words: Sequence[str], *, split: str = "validation",
+                         prompt: Any = None, judge: str | None = None, seed: int = 0,
+                         batch_size: int | None = None) -> JudgeRecall:
+    """The concept judge's positive control: for every bundled story of ``split`` whose emotion
+    is among ``words``, the rank of that emotion's word under ``model`` after the judge's
+    question, the story standing as the assistant's reply to ``prompt`` (default: the first
+    neutral prompt of ``default_prompts``), exactly as ``concept_judge`` reads a generation.
+    Top-1 and top-3 rates with bootstrap intervals; chance is 1/k and 3/k. The stories were
+    written to express their emotion, so a judge that does not find it there cannot be relied
+    on to find it in steered text."""
+    from emolens.steering.judges import question_context, word_logprobs
+    from emolens.stimuli.corpus import SPLIT_NAMES, load_corpus
+
+    cand = list(dict.fromkeys(words))
+    if len(cand) < 2:
+        raise InputError(f"give at least two candidate words, got {cand}")
+    if split not in SPLIT_NAMES:
+        raise InputError(f"split={split!r}: give one of {list(SPLIT_NAMES)}")
+    corpus = load_corpus()
+    recs = corpus.stories([w for w in cand if w in corpus.emotions], split=split)
+    if not recs:
+        raise InputError(f"the bundled corpus has no {split} stories of {cand}")
+    conv = default_prompts(1)[0] if prompt is None else prompt
+    lp = word_logprobs(model, [question_context(model, conv, str(r.text)) for r in recs], cand,
+                       batch_size=batch_size)
+    target = torch.tensor([cand.index(str(r.emotion)) for r in recs])
+    rank = (lp > lp.gather(1, target[:, None])).sum(-1) + 1
+    per: dict[str, dict[str, int]] = {}
+    for r, k in zip(recs, rank.tolist()):
+        row = per.setdefault(str(r.emotion), {"n": 0, "top1": 0, "top3": 0})
+        row["n"] += 1
+        row["top1"] += int(k == 1)
+        row["top3"] += int(k <= 3)
+    name = judge or str(getattr(model.cfg, "model_name", type(model).__name__))
+    k = len(cand)
+    return JudgeRecall(name, cand, _rate_above_chance((rank == 1).double(), 1 / k, seed),
+                       _rate_above_chance((rank <= 3).double(), min(3, k) / k, seed), per,
+                       f"{split} stories of corpus {corpus.name!r}")
+
+
+def _rate_above_chance(hits: torch.Tensor, chance: float, seed: int) -> Estimate:
+    """The rate of ``hits`` (0/1 per item) with a bootstrap interval and the one-sided exact
+    binomial p-value of at least that many hits at rate ``chance``."""
+    x = hits.double().numpy()
+    lo, hi = bootstrap_ci(x, seed=seed)
+    n, k = len(x), int(x.sum())
+    p = sum(math.comb(n, j) * chance ** j * (1 - chance) ** (n - j) for j in range(k, n + 1))
+    return Estimate(float(x.mean()), lo, hi, min(1.0, p), n, 0.95,
+                    f"rate = {chance:.3g} (chance; one-sided exact binomial)")
+
+
 def steering_score(model: Model, registry: Any, emotion: str,
                    strengths: Sequence[float] = (0.0, 0.05, 0.1, 0.2, 0.4), prompts: Any = None,
                    *, layer: int | None = None, max_new_tokens: int = 32,
                    words: Sequence[str] | None = None, placebo: bool = True,
                    placebo_seed: int = 0, rules: ScoreRules = ScoreRules(), seed: int = 0,
                    positions: Any = "all", batch_size: int = 32,
-                   concept_model: Model | str | None = None,
+                   concept_model: Model | str | None = None, judge_control: bool = True,
                    progress: bool = False) -> SteeringScoreResult:
     """The AxBench-style steering score of ``emotion`` per strength, its best strength, and the
     anti-steerable fraction (Tan et al.), beside a random direction of equal norm.
@@ -600,7 +686,10 @@ def steering_score(model: Model, registry: Any, emotion: str,
     words of the concept judge (default the registry's emotions). ``concept_model``: the model
     the concept judge reads under (a loaded model, or a catalogue name loaded where installed;
     default None: the steered model itself, unsteered); relevance and fluency stay under the
-    steered model. See the module docstring for the judges and the rule.
+    steered model. ``judge_control``: also run the concept judge's positive control
+    (``concept_judge_recall`` on the bundled held-out stories of the candidate words), so that
+    a score of 0 can be told from a judge that cannot see the emotion. See the module
+    docstring for the judges and the rule.
     """
     from emolens.steering.sweeps import sweep
 
@@ -637,8 +726,12 @@ def steering_score(model: Model, registry: Any, emotion: str,
         preg = _placebo_registry(registry, emotion, layer_used, placebo_seed)
         pdf = score_generations(sweep(model, preg, emotion, vals, prompts, **kw), rules)
         psum = summarise_scores(pdf, seed=seed)
+    recall = (concept_judge_recall(judge_model if judge_model is not None else model, cand,
+                                   judge=judge_name, seed=seed).to_dict()
+              if judge_control else None)
     return SteeringScoreResult(emotion, layer_used, vals, df, summ, pdf, psum, rules,
-                               {"max_new_tokens": max_new_tokens, "positions": str(positions),
+                               {"concept_judge_recall": recall,
+                                "max_new_tokens": max_new_tokens, "positions": str(positions),
                                 "n_candidate_words": len(cand), "placebo_seed": placebo_seed,
                                 "decoding": "greedy",
                                 "concept_model": judge_name or "the steered model, unsteered"})
@@ -661,8 +754,8 @@ def default_prompts(n: int = 12) -> list[list[dict[str, str]]]:
 
 
 __all__ = [
-    "DetectionResult", "ScoreRules", "ScoreSummary", "SteeringScoreResult", "auc_interval",
-    "concept_judge", "concept_judge_under", "continuation_logprob", "default_prompts",
-    "detection_auc", "harmonic_score", "per_prompt_slopes", "relevance_judge", "roc_auc",
+    "DetectionResult", "JudgeRecall", "ScoreRules", "ScoreSummary", "SteeringScoreResult",
+    "auc_interval", "concept_judge", "concept_judge_recall", "concept_judge_under",
+    "continuation_logprob", "default_prompts", "detection_auc", "harmonic_score", "per_prompt_slopes", "relevance_judge", "roc_auc",
     "score_generations", "steering_score", "summarise_scores",
 ]

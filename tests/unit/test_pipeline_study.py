@@ -19,7 +19,10 @@ from emolens.stimuli.emotions import CORE_EMOTIONS
 matplotlib.use("Agg")
 R = importlib.import_module("emolens.pipeline.run")  # the package's `run` is the function
 
+# the judge's positive control reads ~100 held-out stories, slow in bytes on a tiny model;
+# test_study_round2 tests it on its own
 TINY_SIZES = {"detection_resamples": 200, "score_strengths": (0.0, 0.4), "score_prompts": 2,
+              "score_judge_control": False,
               "score_tokens": 4, "ablation_layers": 2, "ablation_neutral": 2,
               "reply_prompts": 6, "reply_tokens": 4, "reply_layers": 2, "syc_items": 2,
               "syc_random": 1, "speaker_dialogues": 2, "speaker_positions": 2,
@@ -85,6 +88,7 @@ def test_study_sections_have_sane_values(study_ctx):
     assert sc["best_strength"] in (0.0, 0.4) and "placebo" in sc
     assert 0.0 <= sc["anti_steerable_fraction"]["value"] <= 1.0
     assert sc["candidate_words"] == list(CORE_EMOTIONS)
+    assert sc["concept_judge_recall"] is None  # turned off by TINY_SIZES
 
     ab = r["ablation"]
     assert ab["layers"] == [0, 2] and len(ab["kl"]) == 2 and ab["n_neutral"] == 2

@@ -164,7 +164,7 @@ def test_steering_score_end_to_end_on_a_tiny_model(tiny):
     reg = _registry(tiny)
     prompts = [[{"role": "user", "content": t}] for t in ("Say hi", "Count to 3", "Name a fruit")]
     res = M.steering_score(tiny, reg, "calm", [0.0, 0.5], prompts, max_new_tokens=4,
-                           words=["calm", "happy", "desperate"])
+                           words=["calm", "happy", "desperate"], judge_control=False)
     f = res.frame
     assert len(f) == 6 and set(f.strength) == {0.0, 0.5}
     assert set(res.placebo_frame.strength) == {0.0, 0.5}
@@ -186,7 +186,7 @@ def test_steering_score_concept_judge_under_another_model(tiny, tiny_llama):
     reg = _registry(tiny)
     prompts = [[{"role": "user", "content": t}] for t in ("Say hi", "Count to 3")]
     words = ["calm", "happy", "desperate"]
-    kw = {"max_new_tokens": 4, "words": words, "placebo": False}
+    kw = {"max_new_tokens": 4, "words": words, "placebo": False, "judge_control": False}
     own = M.steering_score(tiny, reg, "calm", [0.0, 0.5], prompts, **kw)
     other = M.steering_score(tiny, reg, "calm", [0.0, 0.5], prompts, concept_model=tiny_llama,
                              **kw)
@@ -208,6 +208,64 @@ def test_steering_score_concept_judge_under_another_model(tiny, tiny_llama):
     with pytest.raises(Exception, match="not-a-model"):
         M.steering_score(tiny, reg, "calm", [0.0, 0.5], prompts, concept_model="not-a-model",
                          **kw)
+
+
+def test_concept_judge_recall_on_planted_judges(tiny, monkeypatch):
+    from emolens.steering import judges
+    from emolens.stimuli.corpus import load_corpus
+
+    words = ["afraid", "calm", "happy", "sad"]
+    recs = load_corpus().stories(words, split="validation")
+    truth = [words.index(r.emotion) for r in recs]
+    calls = []
+
+    def seeing(model, contexts, cand, **kw):  # a judge that sees every story's emotion
+        calls.append(contexts)
+        lp = torch.full((len(contexts), len(cand)), -5.0)
+        lp[torch.arange(len(contexts)), torch.tensor(truth)] = -0.1
+        return lp
+
+    monkeypatch.setattr(judges, "word_logprobs", seeing)
+    rec = M.concept_judge_recall(tiny, words, judge="planted")
+    assert rec.top1.value == 1.0 and rec.top3.value == 1.0 and rec.top1.n == len(recs)
+    assert rec.top1.p_value < 1e-6  # 1/4 chance per story
+    assert sum(v["n"] for v in rec.per_emotion.values()) == len(recs)
+    assert all(v["top1"] == v["n"] for v in rec.per_emotion.values())
+    # the judge reads each story as the assistant's reply, after the judge question
+    assert len(calls[0]) == len(recs) and recs[0].text in calls[0][0][0]
+
+    def blind(model, contexts, cand, **kw):  # never ranks 'afraid' stories' emotion high
+        lp = torch.randn(len(contexts), len(cand), generator=torch.Generator().manual_seed(0))
+        lp[:, 0] = -50.0
+        return lp
+
+    monkeypatch.setattr(judges, "word_logprobs", blind)
+    rec = M.concept_judge_recall(tiny, words, judge="blind")
+    assert rec.per_emotion["afraid"]["top3"] == 0
+    assert rec.top1.p_value > 0.01  # about chance overall
+    assert "Positive control of the concept judge (blind)" in rec.statement
+    json.dumps(rec.to_dict())
+    with pytest.raises(InputError, match="at least two"):
+        M.concept_judge_recall(tiny, ["calm"])
+    with pytest.raises(InputError, match="split='train2'"):
+        M.concept_judge_recall(tiny, words, split="train2")
+
+
+def test_steering_score_reports_its_judges_positive_control():
+    from emolens.testing import tiny_model
+
+    m = tiny_model(arch="native", n_layers=2, d_model=32, n_ctx=4096, seed=0)
+    reg = _registry(m)
+    prompts = [[{"role": "user", "content": t}] for t in ("Say hi", "Count to 3")]
+    res = M.steering_score(m, reg, "calm", [0.0, 0.5], prompts, max_new_tokens=3,
+                           words=["calm", "happy", "desperate"], placebo=False)
+    rec = res.settings["concept_judge_recall"]
+    direct = M.concept_judge_recall(m, ["calm", "happy", "desperate"], judge=rec["judge"])
+    assert rec["top1"]["value"] == pytest.approx(direct.top1.value)
+    assert rec["per_emotion"] == direct.per_emotion
+    n_calm = rec["per_emotion"]["calm"]["n"]
+    assert f"For 'calm' itself: top 3 in {n_calm} of {n_calm} stories." in res.statement
+    assert "Positive control of the concept judge" in res.to_dict()["statement"]
 
 
 def test_continuation_logprob_matches_a_manual_forward(tiny):
