@@ -656,8 +656,9 @@ def _section_steering_score(ctx: RunContext) -> None:
         f"{list(sz['score_strengths'])}, prompts, max_new_tokens={sz['score_tokens']})`; the "
         f"concept judge ranks the word among {len(words or reg.emotions)} emotion words.)",
         limits=f"{len(prompts)} prompts and {sz['score_tokens']} new tokens per generation; "
-               "the judges are the unsteered model's own probabilities, not an LLM judge or "
-               "people.")
+               "the judges are word probabilities and perplexities under the unsteered model "
+               f"(the concept under {res.settings['concept_model']}), not an LLM rating or "
+               "people; read the score beside the concept judge's positive control.")
     ctx.report.add_figure(res.figure(), "Steering score per strength (harmonic mean of concept, "
                           "relevance, fluency; 95% bootstrap over prompts), random direction as "
                           "placebo")
