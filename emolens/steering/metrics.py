@@ -612,6 +612,17 @@ class JudgeRecall:
                 f"top 3 for {self.top3.value:.0%} [{self.top3.low:.0%}, {self.top3.high:.0%}] "
                 f"(chance {min(3, k) / k:.0%}).")
 
+    def _repr_html_(self) -> str:
+        rows = "".join(f"<tr><td>{html.escape(e)}</td><td>{v['n']}</td><td>{v['top1']}</td>"
+                       f"<td>{v['top3']}</td></tr>" for e, v in self.per_emotion.items())
+        return (f"<div><b>JudgeRecall</b> {html.escape(self.judge)}<table><tr><th>emotion</th>"
+                f"<th>stories</th><th>top 1</th><th>top 3</th></tr>{rows}</table>"
+                f"<p>{html.escape(self.statement)}</p></div>")
+
+    def __repr__(self) -> str:
+        return (f"JudgeRecall({self.judge!r}, top1={self.top1.value:.2f}, "
+                f"top3={self.top3.value:.2f}, n={self.top1.n})")
+
     def to_dict(self) -> dict[str, Any]:
         return {"judge": self.judge, "words": self.words, "top1": self.top1.to_dict(),
                 "top3": self.top3.to_dict(), "per_emotion": self.per_emotion,

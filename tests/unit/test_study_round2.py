@@ -2,6 +2,7 @@
 al. terms, directional ablation, reply-emotion prediction, sycophancy A/B."""
 from __future__ import annotations
 
+import html
 import json
 
 import matplotlib
@@ -245,6 +246,10 @@ def test_concept_judge_recall_on_planted_judges(tiny, monkeypatch):
     assert rec.top1.p_value > 0.01  # about chance overall
     assert "Positive control of the concept judge (blind)" in rec.statement
     json.dumps(rec.to_dict())
+    page = rec._repr_html_()
+    assert "<table" in page and "<td>afraid</td>" in page
+    assert html.escape(rec.statement) in page
+    assert repr(rec).startswith("JudgeRecall('blind', top1=")
     with pytest.raises(InputError, match="at least two"):
         M.concept_judge_recall(tiny, ["calm"])
     with pytest.raises(InputError, match="split='train2'"):
