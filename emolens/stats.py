@@ -37,6 +37,7 @@ __all__ = [
     "EloFit",
     "Estimate",
     "accuracy_permutation_pvalue",
+    "binomial_pvalue",
     "StatsError",
     "bootstrap_ci",
     "mean_estimate",
@@ -210,6 +211,24 @@ def accuracy_permutation_pvalue(predictions: ArrayLike, labels: ArrayLike, *,
         hits += int(((lab[perm] == pred).sum(1) >= observed).sum())
         done += count
     return (hits + 1.0) / (n_permutations + 1.0)
+
+
+def binomial_pvalue(k: int, n: int, p: float = 0.5, *, alternative: str = "two-sided"
+                    ) -> float:
+    """Exact binomial test of ``k`` successes in ``n`` trials at rate ``p``: ``"greater"``
+    P(X >= k), ``"less"`` P(X <= k), ``"two-sided"`` the total probability of the outcomes no
+    more likely than ``k`` (the sign test at ``p = 0.5``)."""
+    _check_alternative(alternative)
+    if not (0 <= k <= n and 0.0 <= p <= 1.0):
+        raise StatsError(f"need 0 <= k <= n and 0 <= p <= 1, got k={k}, n={n}, p={p}")
+    pmf = [math.comb(n, j) * p ** j * (1 - p) ** (n - j) for j in range(n + 1)]
+    if alternative == "greater":
+        out = sum(pmf[k:])
+    elif alternative == "less":
+        out = sum(pmf[:k + 1])
+    else:
+        out = sum(q for q in pmf if q <= pmf[k] * (1 + 1e-9))
+    return min(1.0, out)
 
 
 def mean_estimate(x: ArrayLike, *, confidence: float = 0.95, n_resamples: int = 2000,

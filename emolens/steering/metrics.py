@@ -40,7 +40,6 @@ judged emotion is what a person would read in the text.
 from __future__ import annotations
 
 import html
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -51,7 +50,7 @@ import torch
 from jaxtyping import Bool, Float
 
 from emolens.errors import InputError, SteeringError
-from emolens.stats import Estimate, bootstrap_ci, mean_estimate
+from emolens.stats import Estimate, binomial_pvalue, bootstrap_ci, mean_estimate
 from emolens.steering.judges import (
     JudgeInput,
     emotion_word_logprobs,
@@ -472,8 +471,7 @@ def summarise_scores(scored: pd.DataFrame, *, seed: int = 0, n_resamples: int = 
     anti_vals = (finite.to_numpy() < 0).astype(float)
     lo, hi = bootstrap_ci(anti_vals, n_resamples=n_resamples, seed=seed)
     k, n = int(anti_vals.sum()), len(anti_vals)
-    p = min(1.0, sum(math.comb(n, j) for j in range(n + 1)
-                     if math.comb(n, j) <= math.comb(n, k) * (1 + 1e-9)) / 2 ** n)
+    p = binomial_pvalue(k, n, 0.5)
     anti = Estimate(float(anti_vals.mean()), lo, hi, p, n, 0.95,
                     "fraction = 0.5 (two-sided binomial sign test)")
     return ScoreSummary(table, best, in_sample, held, anti,
@@ -675,8 +673,8 @@ def _rate_above_chance(hits: torch.Tensor, chance: float, seed: int) -> Estimate
     x = hits.double().numpy()
     lo, hi = bootstrap_ci(x, seed=seed)
     n, k = len(x), int(x.sum())
-    p = sum(math.comb(n, j) * chance ** j * (1 - chance) ** (n - j) for j in range(k, n + 1))
-    return Estimate(float(x.mean()), lo, hi, min(1.0, p), n, 0.95,
+    p = binomial_pvalue(k, n, chance, alternative="greater")
+    return Estimate(float(x.mean()), lo, hi, p, n, 0.95,
                     f"rate = {chance:.3g} (chance; one-sided exact binomial)")
 
 

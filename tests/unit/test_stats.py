@@ -133,3 +133,18 @@ def test_bad_options():
         stats.soft_elo(3, [0], [0], [0.5])
     with pytest.raises(StatsError, match="at least 3"):
         stats.pearson([1.0, 2.0], [2.0, 1.0])
+
+
+def test_binomial_pvalue_exact_values():
+    from emolens.stats import StatsError, binomial_pvalue
+
+    # sign test, 2 of 8: P(X <= 2) + P(X >= 6) = 2 * (1 + 8 + 28) / 256
+    assert binomial_pvalue(2, 8) == pytest.approx(74 / 256)
+    assert binomial_pvalue(4, 8) == pytest.approx(1.0)
+    # one-sided at chance 1/4: P(X >= 3 | n=3) = 1/64
+    assert binomial_pvalue(3, 3, 0.25, alternative="greater") == pytest.approx(1 / 64)
+    assert binomial_pvalue(0, 3, 0.25, alternative="less") == pytest.approx(27 / 64)
+    with pytest.raises(StatsError, match="k=5, n=3"):
+        binomial_pvalue(5, 3)
+    with pytest.raises(StatsError, match="alternative"):
+        binomial_pvalue(1, 3, alternative="more")
