@@ -99,7 +99,6 @@ def progress_bar(iterable: Iterable[Any] | None = None, *, total: int | None = N
     return tqdm(iterable, total=total, desc=desc, disable=not enabled, unit=unit, leave=False)
 
 
-
 def logits_at(model: Model, tokens: torch.Tensor, rows: torch.Tensor, pos: torch.Tensor,
               **kwargs: Any) -> torch.Tensor:
     """``model(tokens, **kwargs)[rows, pos]`` (``[k, d_vocab]``) without the

@@ -198,8 +198,8 @@ def extract_speaker_emotions(model: Model, which: str = "present",
             fitted on the same readings with permuted emotion labels (seeds 0..K-1, the
             permutation of ``extract_emotions(label_permutation_seed=k)``, over the training
             dialogues: every reading of a dialogue keeps one label, since readings of one
-            dialogue are not exchangeable) are appended to it, from the same pass (no extra forward): the
-            shuffled-label control of ``speaker_story_cosines``.
+            dialogue are not exchangeable) are appended to it, from the same pass (no extra
+            forward): the shuffled-label control of ``speaker_story_cosines``.
         method, batch_size, compute_dtype, progress, method_params: as in
             ``extract_emotions``.
 

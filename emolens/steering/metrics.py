@@ -299,8 +299,13 @@ def concept_judge(inp: JudgeInput) -> dict[str, list[float]]:
     unsteered model (``concept_share``) and its rank among the candidate words
     (``concept_rank``, 1 = most probable)."""
     lp, t, share = emotion_word_logprobs(inp)
-    rank = (lp > lp[:, t:t + 1]).sum(-1) + 1
+    rank = _target_rank(lp, torch.full((lp.shape[0],), t, dtype=torch.long))
     return {"concept_share": share.tolist(), "concept_rank": rank.float().tolist()}
+
+
+def _target_rank(lp: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per row, the rank (1 = most probable) of column ``target[row]`` of ``lp``."""
+    return (lp > lp.gather(1, target[:, None].to(lp.device))).sum(-1) + 1
 
 
 def concept_judge_under(judge_model: Model) -> Any:
@@ -653,7 +658,7 @@ def concept_judge_recall(model: Model, words: Sequence[str], *, split: str = "va
     lp = word_logprobs(model, [question_context(model, conv, str(r.text)) for r in recs], cand,
                        batch_size=batch_size)
     target = torch.tensor([cand.index(str(r.emotion)) for r in recs])
-    rank = (lp > lp.gather(1, target[:, None])).sum(-1) + 1
+    rank = _target_rank(lp, target)
     per: dict[str, dict[str, int]] = {}
     for r, k in zip(recs, rank.tolist()):
         row = per.setdefault(str(r.emotion), {"n": 0, "top1": 0, "top3": 0})
